@@ -1,0 +1,329 @@
+# cython: language_level=3
+"""LMDB environment primitives over the system's liblmdb (mechanism only).
+
+Every environment is opened read-only *with* its lock file (never MDB_NOLOCK):
+the read transaction that a copy runs in is then registered in the lock file's
+reader table, and a live writer will not reuse any page that the copy can still
+reach.  Blocking calls (open, copy, tree walks) run with the GIL released.
+
+Rule for callers: never open, with this module or with py-lmdb, an environment
+that this process already has open.  POSIX record locks belong to the process,
+and closing either handle drops the other's locks.
+"""
+
+from libc.string cimport memset
+from libc.errno cimport errno
+from posix.types cimport off_t
+
+from clmdb cimport *
+from sysio cimport (
+    fstat, stat, fcntl, flock, F_GETLK, F_WRLCK, F_UNLCK, SEEK_SET,
+    open as c_open, close as c_close, O_RDONLY, O_CLOEXEC,
+)
+
+
+class LmdbError(Exception):
+    """An LMDB call failed.  Carries the environment's path, LMDB's error code and
+    LMDB's own message (mdb_strerror), so the user sees what LMDB saw."""
+
+    def __init__(self, path, code, message, operation=""):
+        super().__init__(path, code, message, operation)
+        self.path = path
+        self.code = code
+        self.message = message
+        self.operation = operation
+
+    def __str__(self):
+        if self.operation:
+            return f"{self.path}: {self.operation}: {self.message}"
+        return f"{self.path}: {self.message}"
+
+
+# Error codes callers may want to tell apart.
+INVALID = MDB_INVALID
+CORRUPTED = MDB_CORRUPTED
+PAGE_NOTFOUND = MDB_PAGE_NOTFOUND
+VERSION_MISMATCH = MDB_VERSION_MISMATCH
+PANIC = MDB_PANIC
+READERS_FULL = MDB_READERS_FULL
+
+# Database flags, as mdb_dbi_flags reports them.
+DB_FLAGS = {
+    "reverse_key": MDB_REVERSEKEY,
+    "dupsort": MDB_DUPSORT,
+    "integer_key": MDB_INTEGERKEY,
+    "dupfixed": MDB_DUPFIXED,
+    "integer_dup": MDB_INTEGERDUP,
+    "reverse_dup": MDB_REVERSEDUP,
+}
+
+
+def version():
+    """The linked liblmdb's version as (major, minor, patch, banner)."""
+    cdef int major, minor, patch
+    cdef char *banner = mdb_version(&major, &minor, &patch)
+    return major, minor, patch, banner.decode("ascii", "replace")
+
+
+def strerror(int code):
+    return mdb_strerror(code).decode("utf-8", "replace")
+
+
+cdef _fail(path, int rc, operation):
+    raise LmdbError(path, rc, mdb_strerror(rc).decode("utf-8", "replace"), operation)
+
+
+cdef class _ReadEnv:
+    """An environment opened read-only with its lock file; closed on close() or GC."""
+    cdef MDB_env *env
+    cdef object path
+
+    def __cinit__(self):
+        self.env = NULL
+
+    def __dealloc__(self):
+        if self.env != NULL:
+            mdb_env_close(self.env)
+            self.env = NULL
+
+    cdef int open(self, path, bint subdir, unsigned int maxdbs) except -1:
+        cdef bytes bpath
+        cdef const char *cpath
+        cdef unsigned int flags = MDB_RDONLY | MDB_NOTLS
+        cdef int rc
+        self.path = path
+        bpath = _fs(path)
+        cpath = bpath
+        if not subdir:
+            flags |= MDB_NOSUBDIR
+        rc = mdb_env_create(&self.env)
+        if rc:
+            self.env = NULL
+            _fail(path, rc, "create")
+        if maxdbs:
+            rc = mdb_env_set_maxdbs(self.env, maxdbs)
+            if rc:
+                _fail(path, rc, "set_maxdbs")
+        with nogil:
+            rc = mdb_env_open(self.env, cpath, flags, 0o644)
+        if rc:
+            _fail(path, rc, "open")
+        return 0
+
+    cdef int check_not_truncated(self) except -1:
+        """Refuse a data file shorter than its meta page says: mapping pages past
+        the end of a file would kill the process with SIGBUS, not raise."""
+        cdef int fd
+        cdef stat st
+        cdef MDB_envinfo info
+        cdef MDB_stat mst
+        cdef int rc = mdb_env_get_fd(self.env, &fd)
+        if rc:
+            _fail(self.path, rc, "get_fd")
+        mdb_env_info(self.env, &info)
+        mdb_env_stat(self.env, &mst)
+        if fstat(fd, &st) != 0:
+            raise OSError(errno, "cannot stat data file", self.path)
+        cdef off_t need = <off_t>(info.me_last_pgno + 1) * <off_t>mst.ms_psize
+        if st.st_size < need:
+            raise LmdbError(
+                self.path, MDB_CORRUPTED,
+                f"data file is truncated: {st.st_size} bytes, but its meta page "
+                f"needs {need} ({info.me_last_pgno + 1} pages of {mst.ms_psize})",
+                "check",
+            )
+        return 0
+
+
+cdef int _collect_reader(const char *msg, void *ctx) noexcept nogil:
+    # mdb_reader_list is called with the GIL held (see _readers); one line per
+    # live reader slot.
+    with gil:
+        (<list>ctx).append(<bytes>msg)
+    return 0
+
+
+cdef list _readers(MDB_env *env):
+    cdef list lines = []
+    mdb_reader_list(env, _collect_reader, <void *>lines)
+    readers = []
+    for raw in lines:
+        parts = raw.decode("ascii", "replace").split()
+        if len(parts) == 3 and parts[0].isdigit():
+            readers.append({
+                "pid": int(parts[0]),
+                "thread": int(parts[1], 16),
+                "txnid": None if parts[2] == "-" else int(parts[2]),
+            })
+    return readers
+
+
+def env_info(path, bint subdir=True):
+    """Map size, page size, last page, last txn, main-db stats and reader slots."""
+    cdef _ReadEnv e = _ReadEnv()
+    cdef MDB_envinfo info
+    cdef MDB_stat st
+    e.open(path, subdir, 0)
+    mdb_env_info(e.env, &info)
+    mdb_env_stat(e.env, &st)
+    readers = _readers(e.env)
+    return {
+        "map_size": info.me_mapsize,
+        "page_size": st.ms_psize,
+        "last_pgno": info.me_last_pgno,
+        "last_txnid": info.me_last_txnid,
+        "max_readers": info.me_maxreaders,
+        "reader_slots_used": info.me_numreaders,
+        "readers": readers,
+        "entries": st.ms_entries,
+        "depth": st.ms_depth,
+        "branch_pages": st.ms_branch_pages,
+        "leaf_pages": st.ms_leaf_pages,
+        "overflow_pages": st.ms_overflow_pages,
+    }
+
+
+cdef dict _dbstat(MDB_txn *txn, MDB_dbi dbi):
+    cdef MDB_stat st
+    cdef unsigned int flags = 0
+    mdb_stat(txn, dbi, &st)
+    mdb_dbi_flags(txn, dbi, &flags)
+    return {
+        "flags": [name for name, bit in DB_FLAGS.items() if flags & bit],
+        "entries": st.ms_entries,
+        "depth": st.ms_depth,
+        "pages": st.ms_branch_pages + st.ms_leaf_pages + st.ms_overflow_pages,
+    }
+
+
+def env_databases(path, bint subdir=True):
+    """Stats of the main database and of every named database, in one read txn.
+
+    Named databases are the keys of the main database whose values are database
+    records; other keys of the main database are plain data.  Returns
+    ``{"txnid": N, "main": {...}, "named": {name: {...}}}``.  Names that are not
+    valid UTF-8 or hold NUL bytes are reported with the key ``"0x<hex>"``.
+    """
+    cdef _ReadEnv e = _ReadEnv()
+    cdef MDB_txn *txn = NULL
+    cdef MDB_cursor *cur = NULL
+    cdef MDB_val key, val
+    cdef MDB_dbi dbi, main_dbi
+    cdef int rc
+    cdef bytes name
+    e.open(path, subdir, 32767)
+    with nogil:
+        rc = mdb_txn_begin(e.env, NULL, MDB_RDONLY, &txn)
+    if rc:
+        _fail(path, rc, "txn_begin")
+    try:
+        rc = mdb_dbi_open(txn, NULL, 0, &main_dbi)
+        if rc:
+            _fail(path, rc, "open main database")
+        result = {"txnid": mdb_txn_id(txn), "main": _dbstat(txn, main_dbi), "named": {}}
+        rc = mdb_cursor_open(txn, main_dbi, &cur)
+        if rc:
+            _fail(path, rc, "cursor_open")
+        names = []
+        rc = mdb_cursor_get(cur, &key, &val, MDB_FIRST)
+        while rc == 0:
+            names.append((<char *>key.mv_data)[:key.mv_size])
+            rc = mdb_cursor_get(cur, &key, &val, MDB_NEXT_NODUP)
+        mdb_cursor_close(cur)
+        cur = NULL
+        if rc != MDB_NOTFOUND:
+            _fail(path, rc, "walk main database")
+        for name in names:
+            if b"\0" in name:
+                continue
+            rc = mdb_dbi_open(txn, name, 0, &dbi)
+            if rc == MDB_INCOMPATIBLE or rc == MDB_NOTFOUND:
+                continue          # a plain key of the main database
+            if rc:
+                _fail(path, rc, f"open database {name!r}")
+            try:
+                label = name.decode("utf-8")
+            except UnicodeDecodeError:
+                label = "0x" + name.hex()
+            result["named"][label] = _dbstat(txn, dbi)
+        result["main_plain_keys"] = result["main"]["entries"] - len(result["named"])
+        return result
+    finally:
+        if cur != NULL:
+            mdb_cursor_close(cur)
+        mdb_txn_abort(txn)
+
+
+def env_copy(path, int fd, bint subdir=True, bint compact=True):
+    """Copy the environment at ``path`` into the empty, writable file ``fd`` with
+    mdb_env_copyfd2 (MDB_CP_COMPACT when ``compact``).
+
+    LMDB takes its own read transaction when the copy starts, so the copy is a
+    consistent snapshot.  Returns the page size, the environment's last page and
+    last txn id seen just before and just after the copy (the snapshot lies
+    between them), and the bytes written.
+    """
+    cdef _ReadEnv e = _ReadEnv()
+    cdef MDB_envinfo before, after
+    cdef MDB_stat st
+    cdef stat out
+    cdef int rc
+    cdef unsigned int flags = MDB_CP_COMPACT if compact else 0
+    e.open(path, subdir, 0)
+    e.check_not_truncated()
+    mdb_env_stat(e.env, &st)
+    mdb_env_info(e.env, &before)
+    with nogil:
+        rc = mdb_env_copyfd2(e.env, fd, flags)
+    if rc:
+        _fail(path, rc, "compacting copy" if compact else "copy")
+    mdb_env_info(e.env, &after)
+    if fstat(fd, &out) != 0:
+        raise OSError(errno, "cannot stat copy")
+    return {
+        "page_size": st.ms_psize,
+        "map_size": before.me_mapsize,
+        "last_pgno_before": before.me_last_pgno,
+        "txnid_before": before.me_last_txnid,
+        "last_pgno_after": after.me_last_pgno,
+        "txnid_after": after.me_last_txnid,
+        "bytes_written": out.st_size,
+        "compact": bool(compact),
+    }
+
+
+def lock_holder(lock_path):
+    """PID of a process holding LMDB's shared lock on ``lock_path``, else 0.
+
+    Every process that has an environment open holds a read lock on byte 0 of its
+    lock file; F_GETLK asks whether a write lock there would conflict.  Our own
+    process's locks never conflict with us, so this only sees other processes.
+    Closing the descriptor drops this process's locks on the file, so never call
+    it for an environment this process has open.
+    """
+    cdef bytes b = _fs(lock_path)
+    cdef const char *p = b
+    cdef flock fl
+    cdef int fd, rc
+    with nogil:
+        fd = c_open(p, O_RDONLY | O_CLOEXEC)
+    if fd < 0:
+        raise OSError(errno, "cannot open lock file", lock_path)
+    memset(&fl, 0, sizeof(fl))
+    fl.l_type = F_WRLCK
+    fl.l_whence = SEEK_SET
+    fl.l_start = 0
+    fl.l_len = 1
+    rc = fcntl(fd, F_GETLK, &fl)
+    err = errno
+    c_close(fd)
+    if rc != 0:
+        raise OSError(err, "F_GETLK failed", lock_path)
+    if fl.l_type == F_UNLCK:
+        return 0
+    return fl.l_pid
+
+
+cdef bytes _fs(path):
+    import os
+    return os.fsencode(path)

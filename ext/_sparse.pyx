@@ -1,0 +1,458 @@
+# cython: language_level=3
+"""Sparse-safe file copy primitives (mechanism only; policy lives in synfast.files).
+
+Everything that can block runs with the GIL released.  Long loops re-take the GIL
+every few tens of MiB only to let a pending signal (Ctrl-C) interrupt the copy.
+"""
+
+from libc.stdlib cimport malloc, calloc, realloc, free
+from libc.string cimport memcmp, memset
+from libc.errno cimport errno, ENOMEM
+from cpython.exc cimport PyErr_CheckSignals
+from posix.types cimport off_t
+
+from sysio cimport (
+    EINTR, EINVAL, ENXIO, EXDEV, ENOSYS, EOPNOTSUPP, EIO,
+    SEEK_SET, SEEK_CUR, SEEK_DATA, SEEK_HOLE, AT_FDCWD,
+    RENAME_EXCHANGE, RENAME_NOREPLACE, FICLONE, POSIX_FADV_DONTNEED,
+    lseek, pread, pwrite, ftruncate, copy_file_range, renameat2, ioctl,
+    posix_fadvise, fstat, stat,
+)
+cimport sysio
+
+# Modes shared by reflink= and sparse=.
+cdef enum:
+    C_NEVER = 0
+    C_AUTO = 1
+    C_ALWAYS = 2
+
+NEVER = C_NEVER
+AUTO = C_AUTO
+ALWAYS = C_ALWAYS
+
+# How much work happens between two looks at pending signals.
+cdef off_t SIGNAL_CHECK_BYTES = 64 * 1024 * 1024
+# Largest single copy_file_range request; the kernel caps one call near 2 GiB anyway.
+cdef size_t CFR_CHUNK = 64 * 1024 * 1024
+
+
+cdef struct ExtentList:
+    off_t *v          # start, length pairs
+    Py_ssize_t n
+    Py_ssize_t cap
+
+
+cdef struct CopyStats:
+    off_t data_bytes          # bytes inside the source's data extents
+    off_t bytes_written       # bytes written through copy_file_range or pwrite
+    off_t bytes_cloned        # bytes shared through FICLONE
+    off_t zero_bytes_skipped  # all-zero blocks inside data extents left as holes
+    off_t since_signal_check
+    int used_reflink
+    int used_cfr
+    int used_rw
+    int cfr_refused_errno
+    int short_read            # the source ended before the size seen at the start
+
+
+cdef int ext_push(ExtentList *e, off_t start, off_t length) noexcept nogil:
+    cdef off_t *nv
+    cdef Py_ssize_t newcap
+    if length <= 0:
+        return 0
+    if e.n > 0 and e.v[2 * (e.n - 1)] + e.v[2 * (e.n - 1) + 1] == start:
+        e.v[2 * (e.n - 1) + 1] += length
+        return 0
+    if e.n == e.cap:
+        newcap = e.cap * 2 if e.cap else 64
+        nv = <off_t *>realloc(e.v, <size_t>newcap * 2 * sizeof(off_t))
+        if nv == NULL:
+            return ENOMEM
+        e.v = nv
+        e.cap = newcap
+    e.v[2 * e.n] = start
+    e.v[2 * e.n + 1] = length
+    e.n += 1
+    return 0
+
+
+cdef int scan_extents(int fd, off_t size, ExtentList *e) noexcept nogil:
+    """Fill e with the data extents of fd in [0, size).  Returns 0 or an errno.
+
+    A filesystem without SEEK_DATA support (EINVAL/EOPNOTSUPP) has no holes we
+    can see, so the rest of the file is one extent, as coreutils treats it.
+    """
+    cdef off_t pos = 0
+    cdef off_t data, hole
+    while pos < size:
+        data = lseek(fd, pos, SEEK_DATA)
+        if data < 0:
+            if errno == ENXIO:          # no data at or after pos: the rest is hole
+                return 0
+            if errno == EINVAL or errno == EOPNOTSUPP:
+                return ext_push(e, pos, size - pos)
+            return errno
+        if data >= size:
+            return 0
+        hole = lseek(fd, data, SEEK_HOLE)
+        if hole < 0:
+            if errno == ENXIO:          # the file shrank under us
+                return 0
+            return errno
+        if hole > size:
+            hole = size
+        if ext_push(e, data, hole - data):
+            return ENOMEM
+        pos = hole
+    return 0
+
+
+cdef inline bint all_zero(const char *p, size_t n) noexcept nogil:
+    cdef size_t i
+    cdef size_t head = 16 if n > 16 else n
+    for i in range(head):
+        if p[i]:
+            return False
+    if n <= 16:
+        return True
+    # The first 16 bytes are zero and every byte equals the one 16 before it.
+    return memcmp(p, p + 16, n - 16) == 0
+
+
+cdef int write_all(int fd, const char *buf, size_t n, off_t off) noexcept nogil:
+    """pwrite all n bytes, retrying short writes and EINTR.  Returns 0 or an errno."""
+    cdef ssize_t w
+    while n > 0:
+        w = pwrite(fd, buf, n, off)
+        if w < 0:
+            if errno == EINTR:
+                continue
+            return errno
+        if w == 0:
+            return EIO
+        buf += w
+        n -= <size_t>w
+        off += w
+    return 0
+
+
+cdef int maybe_check_signals(CopyStats *st, off_t done) except -1 nogil:
+    st.since_signal_check += done
+    if st.since_signal_check >= SIGNAL_CHECK_BYTES:
+        st.since_signal_check = 0
+        with gil:
+            PyErr_CheckSignals()
+    return 0
+
+
+cdef int copy_range_rw(int src, int dst, off_t *pos, off_t end, char *buf, size_t bufsize,
+                       size_t blk, bint punch_zeros, CopyStats *st) except -1 nogil:
+    """Copy [pos, end) with pread/pwrite; with punch_zeros, skip all-zero blocks.
+
+    Returns 0 or a positive errno; -1 only when a signal handler raised.
+    """
+    cdef ssize_t r
+    cdef size_t want, i, chunk, run_start
+    cdef bint in_run
+    cdef int rc
+    while pos[0] < end:
+        want = bufsize if <off_t>bufsize < end - pos[0] else <size_t>(end - pos[0])
+        r = pread(src, buf, want, pos[0])
+        if r < 0:
+            if errno == EINTR:
+                continue
+            return errno
+        if r == 0:
+            st.short_read = 1
+            return 0
+        if punch_zeros:
+            # Blocks are aligned to absolute file offsets so holes land on block
+            # boundaries of the destination filesystem.
+            i = 0
+            in_run = False
+            run_start = 0
+            while i < <size_t>r:
+                chunk = blk - <size_t>((pos[0] + <off_t>i) % <off_t>blk)
+                if chunk > <size_t>r - i:
+                    chunk = <size_t>r - i
+                if all_zero(buf + i, chunk):
+                    if in_run:
+                        rc = write_all(dst, buf + run_start, i - run_start, pos[0] + <off_t>run_start)
+                        if rc:
+                            return rc
+                        st.bytes_written += <off_t>(i - run_start)
+                        in_run = False
+                    st.zero_bytes_skipped += <off_t>chunk
+                elif not in_run:
+                    in_run = True
+                    run_start = i
+                i += chunk
+            if in_run:
+                rc = write_all(dst, buf + run_start, <size_t>r - run_start, pos[0] + <off_t>run_start)
+                if rc:
+                    return rc
+                st.bytes_written += <off_t>(<size_t>r - run_start)
+        else:
+            rc = write_all(dst, buf, <size_t>r, pos[0])
+            if rc:
+                return rc
+            st.bytes_written += r
+        pos[0] += r
+        st.used_rw = 1
+        maybe_check_signals(st, r)
+    return 0
+
+
+cdef int copy_range_cfr(int src, int dst, off_t *pos, off_t end, CopyStats *st,
+                        bint *refused) except -1 nogil:
+    """Copy [pos, end) with copy_file_range.  On a refusal (EXDEV, ENOSYS,
+    EOPNOTSUPP, EINVAL) set *refused and return with *pos at the first byte not
+    copied, so the caller can finish with pread/pwrite."""
+    cdef off_t out_off = pos[0]
+    cdef ssize_t n
+    cdef size_t want
+    while pos[0] < end:
+        want = CFR_CHUNK if <off_t>CFR_CHUNK < end - pos[0] else <size_t>(end - pos[0])
+        out_off = pos[0]
+        n = copy_file_range(src, pos, dst, &out_off, want, 0)
+        if n < 0:
+            if errno == EINTR:
+                continue
+            if (errno == EXDEV or errno == ENOSYS or errno == EOPNOTSUPP
+                    or errno == EINVAL):
+                refused[0] = True
+                st.cfr_refused_errno = errno
+                return 0
+            return errno
+        if n == 0:
+            st.short_read = 1
+            return 0
+        st.bytes_written += n
+        st.used_cfr = 1
+        maybe_check_signals(st, n)
+    return 0
+
+
+cdef int fill_zeros(int dst, off_t start, off_t end, const char *zeros, size_t bufsize,
+                    CopyStats *st) except -1 nogil:
+    """Write explicit zeros over [start, end) (sparse=never never leaves a hole)."""
+    cdef size_t want
+    cdef int rc
+    while start < end:
+        want = bufsize if <off_t>bufsize < end - start else <size_t>(end - start)
+        rc = write_all(dst, zeros, want, start)
+        if rc:
+            return rc
+        st.bytes_written += <off_t>want
+        start += <off_t>want
+        maybe_check_signals(st, want)
+    return 0
+
+
+cdef int do_copy(int src, int dst, off_t size, int reflink, int sparse, bint allow_cfr,
+                 char *buf, size_t bufsize, size_t blk, ExtentList *ext,
+                 CopyStats *st) except -1 nogil:
+    cdef int rc
+    cdef Py_ssize_t k
+    cdef off_t start, length, pos, prev_end = 0
+    cdef bint refused = False
+    cdef bint use_cfr = allow_cfr and sparse != C_ALWAYS and reflink != C_NEVER
+
+    rc = scan_extents(src, size, ext)
+    if rc:
+        return rc
+    for k in range(ext.n):
+        st.data_bytes += ext.v[2 * k + 1]
+
+    # A clone shares the source's exact layout, holes included, which is only
+    # what the user asked for when sparse handling is left on auto.
+    if reflink != C_NEVER and sparse == C_AUTO:
+        if ioctl(dst, FICLONE, src) == 0:
+            st.used_reflink = 1
+            st.bytes_cloned = st.data_bytes
+            return 0
+        if reflink == C_ALWAYS:
+            return errno
+
+    for k in range(ext.n):
+        start = ext.v[2 * k]
+        length = ext.v[2 * k + 1]
+        if sparse == C_NEVER and start > prev_end:
+            rc = fill_zeros(dst, prev_end, start, buf, bufsize, st)
+            if rc:
+                return rc
+        pos = start
+        if use_cfr and not refused:
+            rc = copy_range_cfr(src, dst, &pos, start + length, st, &refused)
+            if rc:
+                return rc
+        if pos < start + length and not st.short_read:
+            rc = copy_range_rw(src, dst, &pos, start + length, buf + bufsize, bufsize, blk,
+                               sparse == C_ALWAYS, st)
+            if rc:
+                return rc
+        if st.short_read:
+            return 0
+        prev_end = start + length
+    if sparse == C_NEVER and prev_end < size:
+        rc = fill_zeros(dst, prev_end, size, buf, bufsize, st)
+        if rc:
+            return rc
+    # Trailing holes: give the copy the source's exact size.
+    while ftruncate(dst, size) != 0:
+        if errno != EINTR:
+            return errno
+    return 0
+
+
+cdef object _extent_list(ExtentList *e):
+    return [(e.v[2 * k], e.v[2 * k + 1]) for k in range(e.n)]
+
+
+def extents(int fd):
+    """Return the data extents of open file ``fd`` as a list of (offset, length).
+
+    Uses SEEK_DATA/SEEK_HOLE, so holes are never read.  The file offset of ``fd``
+    is left where it was.
+    """
+    cdef ExtentList e
+    cdef stat st
+    cdef off_t saved
+    cdef int rc = 0
+    memset(&e, 0, sizeof(e))
+    try:
+        with nogil:
+            if fstat(fd, &st) != 0:
+                rc = errno
+            else:
+                saved = lseek(fd, 0, SEEK_CUR)
+                rc = scan_extents(fd, st.st_size, &e)
+                if saved >= 0:
+                    lseek(fd, saved, SEEK_SET)
+        if rc:
+            raise OSError(rc, "cannot scan extents")
+        return _extent_list(&e)
+    finally:
+        free(e.v)
+
+
+def copy_fd(int src_fd, int dst_fd, *, int reflink=AUTO, int sparse=AUTO,
+            bint allow_copy_file_range=True, size_t bufsize=1 << 20,
+            long long expected_size=-1, long long expected_mtime_ns=-1):
+    """Copy the regular file open on ``src_fd`` into the empty file ``dst_fd``.
+
+    reflink and sparse take NEVER, AUTO or ALWAYS.  Returns a dict of what was
+    done; ``changed`` is true when the source's size or mtime moved during the
+    copy (or differs from the expected values the caller saw earlier), in which
+    case the destination must not be trusted.
+    """
+    cdef stat st0, st1, dst_st
+    cdef CopyStats cs
+    cdef ExtentList ext
+    cdef char *buf = NULL
+    cdef int rc = 0
+    cdef size_t blk = 4096
+    cdef off_t size
+    if reflink not in (NEVER, AUTO, ALWAYS) or sparse not in (NEVER, AUTO, ALWAYS):
+        raise ValueError("reflink and sparse take NEVER, AUTO or ALWAYS")
+    if reflink == ALWAYS and sparse != AUTO:
+        raise ValueError("reflink=always requires sparse=auto")
+    if bufsize < 65536:
+        bufsize = 65536
+    memset(&cs, 0, sizeof(cs))
+    memset(&ext, 0, sizeof(ext))
+    with nogil:
+        if fstat(src_fd, &st0) != 0 or fstat(dst_fd, &dst_st) != 0:
+            rc = errno
+    if rc:
+        raise OSError(rc, "cannot stat")
+    size = st0.st_size
+    if dst_st.st_blksize > 0 and dst_st.st_blksize <= 1 << 20:
+        blk = <size_t>dst_st.st_blksize
+    # One allocation: a zeroed half for sparse=never hole fills, a read half.
+    buf = <char *>calloc(2, bufsize)
+    if buf == NULL:
+        raise MemoryError()
+    try:
+        with nogil:
+            rc = do_copy(src_fd, dst_fd, size, reflink, sparse, allow_copy_file_range,
+                         buf, bufsize, blk, &ext, &cs)
+            if rc == 0 and fstat(src_fd, &st1) != 0:
+                rc = errno
+        if rc:
+            raise OSError(rc, "copy failed")
+        changed = bool(
+            cs.short_read
+            or st1.st_size != size
+            or st1.st_mtim.tv_sec != st0.st_mtim.tv_sec
+            or st1.st_mtim.tv_nsec != st0.st_mtim.tv_nsec
+            or (expected_size >= 0 and expected_size != size)
+            or (expected_mtime_ns >= 0
+                and expected_mtime_ns != st0.st_mtim.tv_sec * 1000000000 + st0.st_mtim.tv_nsec)
+        )
+        if cs.used_reflink:
+            method = "reflink"
+        elif cs.used_cfr and cs.used_rw:
+            method = "copy_file_range+read-write"
+        elif cs.used_cfr:
+            method = "copy_file_range"
+        elif cs.used_rw:
+            method = "read-write"
+        else:
+            method = "none"
+        return {
+            "size": size,
+            "size_after": st1.st_size,
+            "changed": changed,
+            "method": method,
+            "extents": ext.n,
+            "data_bytes": cs.data_bytes,
+            "hole_bytes": size - cs.data_bytes,
+            "bytes_written": cs.bytes_written,
+            "bytes_cloned": cs.bytes_cloned,
+            "zero_bytes_skipped": cs.zero_bytes_skipped,
+            "copy_file_range_refused": cs.cfr_refused_errno,
+        }
+    finally:
+        free(buf)
+        free(ext.v)
+
+
+def rename_noreplace(src, dst):
+    """rename(2) that fails with EEXIST instead of replacing an existing ``dst``."""
+    cdef bytes a = _fs(src)
+    cdef bytes b = _fs(dst)
+    cdef const char *pa = a
+    cdef const char *pb = b
+    cdef int rc
+    with nogil:
+        rc = renameat2(AT_FDCWD, pa, AT_FDCWD, pb, RENAME_NOREPLACE)
+    if rc != 0:
+        raise OSError(errno, "rename failed", src, None, dst)
+
+
+def rename_exchange(a, b):
+    """Atomically swap two existing paths (renameat2 RENAME_EXCHANGE)."""
+    cdef bytes x = _fs(a)
+    cdef bytes y = _fs(b)
+    cdef const char *px = x
+    cdef const char *py = y
+    cdef int rc
+    with nogil:
+        rc = renameat2(AT_FDCWD, px, AT_FDCWD, py, RENAME_EXCHANGE)
+    if rc != 0:
+        raise OSError(errno, "exchange failed", a, None, b)
+
+
+def drop_cache(int fd, long long offset=0, long long length=0):
+    """Ask the kernel to drop the cached pages of ``fd`` (POSIX_FADV_DONTNEED)."""
+    cdef int rc
+    with nogil:
+        rc = posix_fadvise(fd, offset, length, POSIX_FADV_DONTNEED)
+    if rc:
+        raise OSError(rc, "posix_fadvise failed")
+
+
+cdef bytes _fs(path):
+    import os
+    return os.fsencode(path)

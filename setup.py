@@ -1,0 +1,62 @@
+"""Build the synfast Cython extensions against the system's LMDB C library.
+
+LMDB is found with pkg-config (module name ``lmdb``) and is never vendored: the
+library that the service itself links against is the one whose file format and
+locking we must match.  When it is missing the build stops with one line that
+says what to install, instead of a compiler error about ``lmdb.h``.
+"""
+
+import shlex
+import shutil
+import subprocess
+import sys
+
+from setuptools import Extension, setup
+
+MISSING_LMDB = (
+    "synfast: the LMDB C library was not found by pkg-config (module 'lmdb'); install it: "
+    "Debian/Ubuntu: apt-get install liblmdb-dev pkg-config | Fedora/RHEL: dnf install "
+    "lmdb-devel pkgconf-pkg-config | Alpine: apk add lmdb-dev pkgconf | macOS: brew install "
+    "lmdb pkg-config"
+)
+
+
+def pkg_config(*args: str) -> list[str]:
+    """Return pkg-config's answer for lmdb as compiler/linker words, or stop the build."""
+    exe = shutil.which("pkg-config") or shutil.which("pkgconf")
+    if exe is None:
+        sys.exit(MISSING_LMDB)
+    proc = subprocess.run([exe, *args, "lmdb"], capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(MISSING_LMDB)
+    return shlex.split(proc.stdout)
+
+
+def extensions() -> list[Extension]:
+    from Cython.Build import cythonize
+
+    pkg_config("--exists")
+    cflags = pkg_config("--cflags")
+    libs = pkg_config("--libs")
+    common = dict(
+        define_macros=[("_GNU_SOURCE", "1"), ("_FILE_OFFSET_BITS", "64")],
+        extra_compile_args=["-O2", "-Wall", *cflags],
+    )
+    exts = [
+        Extension("synfast._sparse", ["ext/_sparse.pyx"], **common),
+        Extension(
+            "synfast._lmdb",
+            ["ext/_lmdb.pyx"],
+            extra_link_args=libs,
+            **common,
+        ),
+    ]
+    return cythonize(
+        exts,
+        include_path=["ext"],
+        language_level=3,
+        compiler_directives={"boundscheck": False, "wraparound": False, "cdivision": True},
+    )
+
+
+setup(ext_modules=extensions())

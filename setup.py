@@ -33,11 +33,12 @@ def pkg_config(*args: str) -> list[str]:
 
 
 def extensions() -> list[Extension]:
-    from Cython.Build import cythonize
-
     pkg_config("--exists")
     cflags = pkg_config("--cflags")
     libs = pkg_config("--libs")
+
+    from Cython.Build import cythonize
+
     common = dict(
         define_macros=[("_GNU_SOURCE", "1"), ("_FILE_OFFSET_BITS", "64")],
         extra_compile_args=["-O2", "-Wall", *cflags],

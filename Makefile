@@ -1,0 +1,40 @@
+# The README's two commands.  Both do all set-up on a fresh machine (system
+# packages, .venv, the package with its test extras) and are idempotent: the
+# install step reruns only when the build inputs change.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.synfast-installed
+BUILD_INPUTS := pyproject.toml setup.py $(wildcard ext/*.pyx ext/*.pxd)
+
+.PHONY: demo test sysdeps install lint bench clean
+
+demo: install
+	$(PY) bench/demo.py
+
+test: install
+	$(PY) -m pytest
+
+install: sysdeps $(STAMP)
+
+sysdeps:
+	@bash .ci/sysdeps.sh
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+$(STAMP): $(BUILD_INPUTS) | $(PY)
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $@
+
+lint: install
+	$(VENV)/bin/ruff check synfast tests bench setup.py
+
+bench: install
+	$(PY) -m pip install -q -e '.[test,bench]'
+	$(PY) bench/sparse_copy.py
+
+clean:
+	rm -rf build *.egg-info synfast/*.so ext/*.c .pytest_cache .hypothesis

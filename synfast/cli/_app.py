@@ -1,0 +1,46 @@
+"""The Typer application object and the global options every command shares."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import typer
+
+from synfast import __version__
+
+
+@dataclass
+class State:
+    debug: bool = False
+
+
+state = State()
+
+app = typer.Typer(
+    name="synfast",
+    help="Fast, safe copies and backups of LMDB environments and sparse files.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"synfast {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks instead of one-line errors."),
+) -> None:
+    """Fast, safe copies and backups of LMDB environments and sparse files.
+
+    Exit codes: 0 done, 1 failed, 2 bad usage.
+    """
+    state.debug = debug

@@ -1,0 +1,293 @@
+"""Sparse-safe copies of regular files, and how much of a file is really there.
+
+The copy engine (``synfast._sparse``) finds data with SEEK_DATA/SEEK_HOLE and
+never reads a hole; it clones with FICLONE where it may, moves data inside the
+kernel with copy_file_range where it can, and falls back to pread/pwrite.  This
+module adds the policy: argument checking, temporary names and atomic renames,
+metadata, and turning "the source changed while we copied it" into an error.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from synfast.errors import (
+    CopyFailed,
+    DestinationExists,
+    SourceChanged,
+    SourceMissing,
+    UnsupportedFileType,
+    UsageError,
+    from_oserror,
+)
+
+Mode = Literal["never", "auto", "always"]
+MODES: tuple[str, ...] = ("never", "auto", "always")
+_MODE_CODE = {"never": 0, "auto": 1, "always": 2}
+IS_ROOT = os.geteuid() == 0
+
+
+def check_modes(reflink: str, sparse: str) -> None:
+    """Reject option combinations that cannot mean anything (as cp does)."""
+    if reflink not in MODES:
+        raise UsageError(None, f"--reflink takes never, auto or always, not {reflink!r}")
+    if sparse not in MODES:
+        raise UsageError(None, f"--sparse takes never, auto or always, not {sparse!r}")
+    if reflink == "always" and sparse != "auto":
+        raise UsageError(
+            None, "--reflink=always shares the source's blocks and cannot honour "
+            f"--sparse={sparse}", "drop --sparse or use --reflink=auto")
+
+
+@dataclass(frozen=True)
+class FileCopyResult:
+    """What one file copy did.
+
+    ``hole_bytes`` were never read (holes of the source); ``zero_bytes_skipped``
+    were read but left as holes because they were all zero (``sparse=always``).
+    """
+
+    source: Path
+    destination: Path
+    size: int
+    method: str
+    extents: int
+    data_bytes: int
+    hole_bytes: int
+    bytes_written: int
+    bytes_cloned: int
+    zero_bytes_skipped: int
+
+
+@dataclass(frozen=True)
+class FileUsage:
+    """A file's apparent size, what it allocates on disk and where its data is."""
+
+    apparent: int
+    allocated: int
+    data_bytes: int
+    extents: int
+
+
+def extents(path: str | os.PathLike[str]) -> list[tuple[int, int]]:
+    """Data extents of the file at ``path`` as (offset, length) pairs."""
+    from synfast import _sparse
+
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return _sparse.extents(fd)
+    finally:
+        os.close(fd)
+
+
+def usage(path: str | os.PathLike[str]) -> FileUsage:
+    """Apparent size, allocated bytes, data bytes and extent count of a regular file."""
+    from synfast import _sparse
+
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    try:
+        st = os.fstat(fd)
+        ext = _sparse.extents(fd)
+    finally:
+        os.close(fd)
+    return FileUsage(st.st_size, st.st_blocks * 512, sum(n for _, n in ext), len(ext))
+
+
+def apply_metadata(target: int | str | os.PathLike[str], st: os.stat_result) -> None:
+    """Give ``target`` (an fd or a path, not followed) the owner, mode and times of ``st``.
+
+    Ownership first (as root only): chown clears set-id bits, so the mode must
+    come after it.  Times last, since nothing after them may touch the file.
+    """
+    if isinstance(target, int):
+        if IS_ROOT:
+            os.fchown(target, st.st_uid, st.st_gid)
+        os.fchmod(target, stat.S_IMODE(st.st_mode))
+        os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+        return
+    if IS_ROOT:
+        os.lchown(target, st.st_uid, st.st_gid)
+    if not stat.S_ISLNK(st.st_mode):
+        os.chmod(target, stat.S_IMODE(st.st_mode))
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+
+
+def copy_open_file(
+    src_path: Path, src_fd: int, dst_path: Path, dst_fd: int, *, reflink: str = "auto",
+    sparse: str = "auto", allow_copy_file_range: bool = True,
+    expected: os.stat_result | None = None,
+) -> FileCopyResult:
+    """Copy the contents of ``src_fd`` into the new, empty ``dst_fd``.
+
+    ``expected`` is the stat the caller planned with; if the file is no longer
+    that size or mtime, or changes during the copy, :class:`SourceChanged` is
+    raised and the destination must be discarded.
+    """
+    from synfast import _sparse
+
+    try:
+        raw = _sparse.copy_fd(
+            src_fd, dst_fd, reflink=_MODE_CODE[reflink], sparse=_MODE_CODE[sparse],
+            allow_copy_file_range=allow_copy_file_range,
+            expected_size=expected.st_size if expected is not None else -1,
+            expected_mtime_ns=expected.st_mtime_ns if expected is not None else -1,
+        )
+    except OSError as err:
+        if reflink == "always" and raw_is_clone_refusal(err):
+            raise CopyFailed(dst_path, f"cannot reflink from {src_path}: {err.strerror}",
+                             "use --reflink=auto, or copy within one filesystem that "
+                             "supports reflinks (XFS, btrfs)") from err
+        raise from_oserror(err, src_path) from err
+    if raw["changed"]:
+        before = expected.st_size if expected is not None else raw["size"]
+        raise SourceChanged(
+            src_path, f"changed while being copied (size {before} -> {raw['size_after']})",
+            "copy it again when it is quiet; LMDB environments are copied safely by content",
+        )
+    return FileCopyResult(
+        source=src_path, destination=dst_path, size=raw["size"], method=raw["method"],
+        extents=raw["extents"], data_bytes=raw["data_bytes"], hole_bytes=raw["hole_bytes"],
+        bytes_written=raw["bytes_written"], bytes_cloned=raw["bytes_cloned"],
+        zero_bytes_skipped=raw["zero_bytes_skipped"],
+    )
+
+
+def raw_is_clone_refusal(err: OSError) -> bool:
+    import errno
+
+    return err.errno in (errno.EOPNOTSUPP, errno.EXDEV, errno.EINVAL, errno.ENOTTY, errno.EPERM)
+
+
+def copy_file_new(
+    src: Path, dst: Path, st: os.stat_result, *, reflink: str = "auto", sparse: str = "auto",
+    allow_copy_file_range: bool = True, preserve: bool = True, fsync: bool = False,
+) -> FileCopyResult:
+    """Copy regular file ``src`` (planned with stat ``st``) to the new path ``dst``.
+
+    ``dst`` is created exclusively; on any failure it is removed.  Used inside a
+    temporary tree, where no rename per file is needed.
+    """
+    try:
+        src_fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except FileNotFoundError as err:
+        raise SourceChanged(src, "disappeared while the copy was running",
+                            "copy again when the source is quiet") from err
+    except OSError as err:
+        raise from_oserror(err, src) from err
+    try:
+        try:
+            dst_fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except OSError as err:
+            raise from_oserror(err, dst) from err
+        try:
+            result = copy_open_file(src, src_fd, dst, dst_fd, reflink=reflink, sparse=sparse,
+                                    allow_copy_file_range=allow_copy_file_range, expected=st)
+            if preserve:
+                apply_metadata(dst_fd, st)
+            if fsync:
+                os.fsync(dst_fd)
+        except BaseException:
+            os.close(dst_fd)
+            os.unlink(dst)
+            raise
+        os.close(dst_fd)
+        return result
+    finally:
+        os.close(src_fd)
+
+
+def place(tmp: Path, dst: Path, *, force: bool) -> None:
+    """Move the finished ``tmp`` to ``dst`` in one step.
+
+    Without ``force`` an existing ``dst`` is never replaced, even one that
+    appeared while we copied (RENAME_NOREPLACE).  With ``force`` a file is
+    replaced atomically; an existing directory is swapped with RENAME_EXCHANGE
+    and the old one removed afterwards, so ``dst`` never holds a partial copy.
+    """
+    import shutil
+
+    from synfast import _sparse
+
+    if not force:
+        try:
+            _sparse.rename_noreplace(tmp, dst)
+            return
+        except FileExistsError as err:
+            raise DestinationExists(dst, "appeared while the copy was running",
+                                    "pass --force to replace it") from err
+        except OSError as err:
+            import errno
+
+            if err.errno not in (errno.EINVAL, errno.ENOSYS):
+                raise
+        if os.path.lexists(dst):
+            raise DestinationExists(dst, "already exists", "pass --force to replace it")
+        os.rename(tmp, dst)
+        return
+    if os.path.isdir(dst) and not os.path.islink(dst):
+        try:
+            _sparse.rename_exchange(tmp, dst)
+        except OSError:
+            old = dst.with_name(f".{dst.name}.synfast-old-{os.getpid()}")
+            os.rename(dst, old)
+            os.rename(tmp, dst)
+            shutil.rmtree(old)
+            return
+        if os.path.isdir(tmp) and not os.path.islink(tmp):
+            shutil.rmtree(tmp)
+        else:
+            os.unlink(tmp)
+        return
+    os.replace(tmp, dst)
+
+
+def temp_sibling(dst: Path, directory: bool) -> Path:
+    """A fresh hidden name beside ``dst`` for building it (same filesystem, so the
+    final rename is atomic)."""
+    prefix = f".{dst.name}."
+    if directory:
+        return Path(tempfile.mkdtemp(prefix=prefix, suffix=".synfast-partial", dir=dst.parent))
+    fd, name = tempfile.mkstemp(prefix=prefix, suffix=".synfast-partial", dir=dst.parent)
+    os.close(fd)
+    os.unlink(name)
+    return Path(name)
+
+
+def copy_file(
+    src: str | os.PathLike[str], dst: str | os.PathLike[str], *, reflink: str = "auto",
+    sparse: str = "auto", force: bool = False, preserve: bool = True, fsync: bool = False,
+    allow_copy_file_range: bool = True,
+) -> FileCopyResult:
+    """Copy one regular file, sparse-safe, atomically (temporary name, then rename).
+
+    ``reflink`` and ``sparse`` mean what they mean to ``cp``.  An existing
+    ``dst`` is refused unless ``force``.
+    """
+    check_modes(reflink, sparse)
+    src_p, dst_p = Path(src), Path(dst)
+    try:
+        st = os.lstat(src_p)
+    except FileNotFoundError as err:
+        raise SourceMissing(src_p, "does not exist", "check the path") from err
+    except OSError as err:
+        raise from_oserror(err, src_p) from err
+    if not stat.S_ISREG(st.st_mode):
+        raise UnsupportedFileType(src_p, "is not a regular file")
+    if os.path.lexists(dst_p) and not force:
+        raise DestinationExists(dst_p, "already exists", "pass --force to replace it")
+    tmp = temp_sibling(dst_p, directory=False)
+    try:
+        result = copy_file_new(src_p, tmp, st, reflink=reflink, sparse=sparse,
+                               allow_copy_file_range=allow_copy_file_range, preserve=preserve,
+                               fsync=fsync)
+        place(tmp, dst_p, force=force)
+    except BaseException:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        raise
+    return FileCopyResult(**{**result.__dict__, "destination": dst_p})

@@ -1,0 +1,392 @@
+"""Copy a file, an environment or a whole service directory, safely.
+
+A copy is planned first (walk the source, classify every entry by content),
+then executed: directories made, files and environments copied in parallel,
+largest first, then metadata applied from the leaves up.  Everything is built
+under a hidden temporary name beside the destination and renamed into place
+only when complete, so an interrupted copy never leaves a partial tree (or
+file) under the final name.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import shutil
+import stat
+import time
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from synfast import files, lmdbenv
+from synfast.errors import (
+    DestinationExists,
+    SourceMissing,
+    SynfastError,
+    UnsupportedFileType,
+    UsageError,
+    from_oserror,
+)
+
+Kind = Literal["dir", "file", "env", "symlink", "special"]
+
+
+@dataclass
+class Entry:
+    """One thing found in the source.
+
+    ``rel`` is relative to the source root ("" for the root itself).  For an
+    ``env`` entry ``env`` says where LMDB opens it; its copy is written to
+    ``rel`` (a single-file env) or ``rel/data.mdb`` (a directory env, whose
+    directory is a separate ``dir`` entry).
+    """
+
+    rel: str
+    kind: Kind
+    st: os.stat_result
+    env: lmdbenv.EnvLocation | None = None
+    special: str = ""
+
+    @property
+    def weight(self) -> int:
+        return self.st.st_blocks * 512 if self.kind in ("file", "env") else 0
+
+
+@dataclass
+class Plan:
+    source: Path
+    entries: list[Entry] = field(default_factory=list)
+
+    def of_kind(self, kind: Kind) -> list[Entry]:
+        return [e for e in self.entries if e.kind == kind]
+
+
+def _special_name(mode: int) -> str:
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    if stat.S_ISFIFO(mode):
+        return "fifo"
+    if stat.S_ISCHR(mode):
+        return "character device"
+    if stat.S_ISBLK(mode):
+        return "block device"
+    return "special file"
+
+
+def _join(rel: str, name: str) -> str:
+    return f"{rel}/{name}" if rel else name
+
+
+def _excluded(rel: str, patterns: tuple[str, ...]) -> bool:
+    name = rel.rsplit("/", 1)[-1]
+    return any(fnmatch.fnmatchcase(rel, p) or fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def plan(source: str | os.PathLike[str], *, exclude: tuple[str, ...] = ()) -> Plan:
+    """Walk ``source`` without following symlinks and classify every entry.
+
+    LMDB environments are recognised by content (see :mod:`synfast.lmdbenv`);
+    their lock files are left out.  Raises on a source that is missing, of an
+    unsupported type, or that holds a damaged environment.
+    """
+    src = Path(source)
+    try:
+        st = os.lstat(src)
+    except FileNotFoundError as err:
+        raise SourceMissing(src, "does not exist", "check the path") from err
+    except OSError as err:
+        raise from_oserror(err, src) from err
+    result = Plan(src)
+    if stat.S_ISDIR(st.st_mode):
+        _walk_dir(src, "", st, result, exclude)
+    elif stat.S_ISREG(st.st_mode):
+        loc = lmdbenv.locate(src)
+        if loc is not None and loc.subdir:
+            # A data.mdb given on its own: copy its environment, through the
+            # directory's lock file, into a single data file.
+            result.entries.append(Entry("", "env", os.stat(loc.data_path), loc))
+        else:
+            result.entries.append(Entry("", "env" if loc else "file", st, loc))
+    elif stat.S_ISLNK(st.st_mode):
+        result.entries.append(Entry("", "symlink", st))
+    else:
+        raise UnsupportedFileType(
+            src, f"is a {_special_name(st.st_mode)}; only regular files, directories and "
+            "symlinks can be copied", "give a file or directory")
+    return result
+
+
+def _walk_dir(path: Path, rel: str, st: os.stat_result, out: Plan,
+              exclude: tuple[str, ...]) -> None:
+    out.entries.append(Entry(rel, "dir", st))
+    env = lmdbenv.check_environment_dir(path)
+    skip: set[str] = set()
+    if env is not None:
+        out.entries.append(Entry(_join(rel, "data.mdb"), "env", os.stat(env.data_path), env))
+        skip = {"data.mdb", "lock.mdb"}
+    try:
+        with os.scandir(path) as it:
+            children = sorted(it, key=lambda e: e.name)
+    except OSError as err:
+        raise from_oserror(err, path) from err
+    subdirs: list[tuple[Path, str, os.stat_result]] = []
+    singles: set[str] = set()
+    pending: list[Entry] = []
+    for child in children:
+        if child.name in skip:
+            continue
+        crel = _join(rel, child.name)
+        if exclude and _excluded(crel, exclude):
+            continue
+        cst = child.stat(follow_symlinks=False)
+        mode = cst.st_mode
+        if stat.S_ISDIR(mode):
+            subdirs.append((Path(child.path), crel, cst))
+        elif stat.S_ISLNK(mode):
+            pending.append(Entry(crel, "symlink", cst))
+        elif stat.S_ISREG(mode):
+            loc = None
+            if cst.st_size >= lmdbenv.MIN_ENV_FILE and lmdbenv.read_meta(child.path):
+                loc = lmdbenv.EnvLocation(Path(child.path), False)
+                singles.add(child.name + "-lock")
+            pending.append(Entry(crel, "env" if loc else "file", cst, loc))
+        else:
+            pending.append(Entry(crel, "special", cst, special=_special_name(mode)))
+    # A single-file environment's lock file is named after it: leave it out.
+    out.entries.extend(e for e in pending if e.rel.rsplit("/", 1)[-1] not in singles
+                       or e.kind != "file")
+    for sub, crel, cst in subdirs:
+        _walk_dir(sub, crel, cst, out, exclude)
+
+
+@dataclass
+class CopyReport:
+    """Everything a copy did, for people (the CLI) and for scripts (``--json``)."""
+
+    source: Path
+    destination: Path
+    files: list[files.FileCopyResult] = field(default_factory=list)
+    environments: list[lmdbenv.EnvCopyResult] = field(default_factory=list)
+    directories: int = 0
+    symlinks: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+    source_apparent: int = 0
+    source_allocated: int = 0
+    copy_apparent: int = 0
+    copy_allocated: int = 0
+
+    def as_dict(self) -> dict:
+        return {
+            "source": str(self.source),
+            "destination": str(self.destination),
+            "files": len(self.files),
+            "environments": len(self.environments),
+            "directories": self.directories,
+            "symlinks": self.symlinks,
+            "skipped": [{"path": p, "type": t} for p, t in self.skipped],
+            "seconds": round(self.seconds, 6),
+            "source_apparent": self.source_apparent,
+            "source_allocated": self.source_allocated,
+            "copy_apparent": self.copy_apparent,
+            "copy_allocated": self.copy_allocated,
+            "data_bytes": sum(f.data_bytes for f in self.files),
+            "methods": sorted({f.method for f in self.files}),
+            "environment_copies": [
+                {"path": str(e.source), "engine": e.engine, "txnid": e.txnid,
+                 "txnid_exact": e.txnid_exact, "page_size": e.page_size,
+                 "last_pgno": e.last_pgno, "bytes_written": e.bytes_written}
+                for e in self.environments
+            ],
+        }
+
+
+def _inside(child: Path, parent: Path) -> bool:
+    try:
+        child.relative_to(parent)
+        return True
+    except ValueError:
+        return False
+
+
+def _check_destination(src: Path, dst: Path, force: bool) -> None:
+    parent = dst.parent
+    if not parent.is_dir():
+        raise SourceMissing(parent, "does not exist (the destination's parent directory)",
+                            "create it first")
+    real_src = src.resolve()
+    real_dst = parent.resolve() / dst.name
+    if real_dst == real_src:
+        raise UsageError(dst, "is the source itself", "choose another destination")
+    if os.path.isdir(src) and not os.path.islink(src) and _inside(real_dst, real_src):
+        raise UsageError(dst, f"is inside the source {src}", "choose a destination outside it")
+    if os.path.lexists(dst) and not force:
+        raise DestinationExists(dst, "already exists",
+                                "pass --force to replace it, or choose a new name")
+
+
+def copy(
+    source: str | os.PathLike[str],
+    destination: str | os.PathLike[str],
+    *,
+    reflink: str = "auto",
+    sparse: str = "auto",
+    lmdb_engine: str = "compact",
+    force: bool = False,
+    jobs: int | None = None,
+    fsync: bool = False,
+    exclude: tuple[str, ...] = (),
+    allow_copy_file_range: bool = True,
+    preserve: bool = True,
+) -> CopyReport:
+    """Copy a file, an LMDB environment or a directory tree to ``destination``.
+
+    Sparse files stay sparse; every LMDB environment found (by content) is
+    copied through LMDB as a consistent snapshot; symlinks are copied as links;
+    sockets, FIFOs and devices are skipped and listed in the report.  Mode,
+    times and (as root) ownership are kept.  ``destination`` is the exact name
+    of the copy; an existing one is refused unless ``force``.
+    """
+    files.check_modes(reflink, sparse)
+    if lmdb_engine not in lmdbenv.ENGINES:
+        raise UsageError(None, f"--lmdb-engine takes {', '.join(lmdbenv.ENGINES)}, "
+                         f"not {lmdb_engine!r}")
+    started = time.monotonic()
+    src, dst = Path(source), Path(os.path.abspath(destination))
+    the_plan = plan(src, exclude=exclude)
+    _check_destination(src, dst, force)
+    report = CopyReport(src, dst)
+    root = the_plan.entries[0]
+    is_tree = root.kind == "dir"
+    tmp = files.temp_sibling(dst, directory=is_tree)
+    try:
+        _execute(the_plan, tmp, report, reflink=reflink, sparse=sparse, engine=lmdb_engine,
+                 jobs=jobs, fsync=fsync, allow_cfr=allow_copy_file_range, preserve=preserve)
+        if fsync:
+            _fsync_dir(dst.parent)
+        files.place(tmp, dst, force=force)
+        if fsync:
+            _fsync_dir(dst.parent)
+    except BaseException:
+        _remove(tmp)
+        raise
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def _remove(path: Path) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.lexists(path):
+        os.unlink(path)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _target(tmp: Path, rel: str) -> Path:
+    return tmp / rel if rel else tmp
+
+
+def _execute(the_plan: Plan, tmp: Path, report: CopyReport, *, reflink: str, sparse: str,
+             engine: str, jobs: int | None, fsync: bool, allow_cfr: bool,
+             preserve: bool) -> None:
+    src = the_plan.source
+    dirs = the_plan.of_kind("dir")
+    for d in dirs:
+        if d.rel:
+            os.mkdir(tmp / d.rel, 0o700)
+    report.directories = len(dirs)
+
+    def source_of(e: Entry) -> Path:
+        return src / e.rel if e.rel else src
+
+    def do_file(e: Entry) -> None:
+        result = files.copy_file_new(source_of(e), _target(tmp, e.rel), e.st, reflink=reflink,
+                                     sparse=sparse, allow_copy_file_range=allow_cfr,
+                                     preserve=preserve, fsync=fsync)
+        report.files.append(result)
+
+    def do_env(e: Entry) -> None:
+        assert e.env is not None
+        out = _target(tmp, e.rel)
+        result = lmdbenv.copy_environment(e.env, out, engine=engine, mode=e.st.st_mode)
+        if preserve or fsync:
+            fd = os.open(out, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                if preserve:
+                    files.apply_metadata(fd, e.st)
+                if fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+        report.environments.append(result)
+
+    work = [e for e in the_plan.entries if e.kind in ("file", "env")]
+    work.sort(key=lambda e: e.weight, reverse=True)
+    workers = max(1, jobs or min(4, os.cpu_count() or 1))
+    if workers == 1 or len(work) <= 1:
+        for e in work:
+            (do_env if e.kind == "env" else do_file)(e)
+    else:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="synfast-copy") as pool:
+            futures = [pool.submit(do_env if e.kind == "env" else do_file, e) for e in work]
+            done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+            for f in pending:
+                f.cancel()
+            for f in futures:
+                if f.done() and not f.cancelled() and f.exception() is not None:
+                    raise f.exception()  # type: ignore[misc]
+
+    for e in the_plan.of_kind("symlink"):
+        link = _target(tmp, e.rel)
+        if not e.rel and os.path.lexists(link):
+            os.unlink(link)
+        os.symlink(os.readlink(source_of(e)), link)
+        if preserve:
+            files.apply_metadata(link, e.st)
+        report.symlinks += 1
+
+    for e in the_plan.of_kind("special"):
+        report.skipped.append((e.rel, e.special))
+
+    # Directories last, deepest first: writing into a directory changes its mtime.
+    for d in sorted(dirs, key=lambda d: d.rel.count("/") + (1 if d.rel else 0), reverse=True):
+        target = _target(tmp, d.rel)
+        if preserve:
+            files.apply_metadata(target, d.st)
+        else:
+            os.chmod(target, stat.S_IMODE(d.st.st_mode) | 0o700)
+        if fsync:
+            _fsync_dir(target)
+
+    for e in work:
+        report.source_apparent += e.st.st_size
+        report.source_allocated += e.st.st_blocks * 512
+    for r in report.files:
+        cst = os.lstat(r.destination)
+        report.copy_apparent += cst.st_size
+        report.copy_allocated += cst.st_blocks * 512
+    for r in report.environments:
+        cst = os.lstat(r.destination)
+        report.copy_apparent += cst.st_size
+        report.copy_allocated += cst.st_blocks * 512
+    # Results name the temporary tree; report the final names instead.
+    report.files = [_renamed(r, tmp, report.destination) for r in report.files]
+    report.environments = [_renamed(r, tmp, report.destination) for r in report.environments]
+
+
+def _renamed(result, tmp: Path, dst: Path):
+    rel = os.path.relpath(result.destination, tmp)
+    final = dst if rel == "." else dst / rel
+    return type(result)(**{**result.__dict__, "destination": final})
+
+
+__all__ = ["CopyReport", "Entry", "Plan", "copy", "plan", "SynfastError"]

@@ -9,7 +9,6 @@ pkg-config --exists lmdb 2>/dev/null || missing+=(liblmdb-dev pkg-config)
 command -v mdb_dump >/dev/null || missing+=(lmdb-utils)
 command -v mkfs.xfs >/dev/null || missing+=(xfsprogs)
 command -v openssl >/dev/null || missing+=(openssl)
-command -v mkfs.vfat >/dev/null || missing+=(dosfstools)
 command -v setpriv >/dev/null || missing+=(util-linux)
 command -v rsync >/dev/null || missing+=(rsync)
 command -v gcc >/dev/null || missing+=(gcc)
@@ -27,7 +26,7 @@ if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
 fi
 echo "synfast needs these system packages: ${missing[*]}" >&2
 echo "  Debian/Ubuntu: sudo apt-get install ${missing[*]}" >&2
-echo "  Fedora/RHEL:   sudo dnf install lmdb-devel lmdb pkgconf-pkg-config xfsprogs dosfstools openssl rsync gcc" >&2
+echo "  Fedora/RHEL:   sudo dnf install lmdb-devel lmdb pkgconf-pkg-config xfsprogs openssl rsync gcc" >&2
 echo "  Alpine:        apk add lmdb-dev lmdb-tools pkgconf xfsprogs openssl rsync build-base" >&2
 echo "  macOS:         brew install lmdb pkg-config openssl rsync" >&2
 exit 1

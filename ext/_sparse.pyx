@@ -330,7 +330,7 @@ def extents(int fd):
                 if saved >= 0:
                     lseek(fd, saved, SEEK_SET)
         if rc:
-            raise OSError(rc, "cannot scan extents")
+            raise OSError(rc, _strerror(rc))
         return _extent_list(&e)
     finally:
         free(e.v)
@@ -365,7 +365,7 @@ def copy_fd(int src_fd, int dst_fd, *, int reflink=AUTO, int sparse=AUTO,
         if fstat(src_fd, &st0) != 0 or fstat(dst_fd, &dst_st) != 0:
             rc = errno
     if rc:
-        raise OSError(rc, "cannot stat")
+        raise OSError(rc, _strerror(rc))
     size = st0.st_size
     if dst_st.st_blksize > 0 and dst_st.st_blksize <= 1 << 20:
         blk = <size_t>dst_st.st_blksize
@@ -380,7 +380,7 @@ def copy_fd(int src_fd, int dst_fd, *, int reflink=AUTO, int sparse=AUTO,
             if rc == 0 and fstat(src_fd, &st1) != 0:
                 rc = errno
         if rc:
-            raise OSError(rc, "copy failed")
+            raise OSError(rc, _strerror(rc))
         changed = bool(
             cs.short_read
             or st1.st_size != size
@@ -428,7 +428,7 @@ def rename_noreplace(src, dst):
     with nogil:
         rc = renameat2(AT_FDCWD, pa, AT_FDCWD, pb, RENAME_NOREPLACE)
     if rc != 0:
-        raise OSError(errno, "rename failed", src, None, dst)
+        raise OSError(errno, _strerror(errno), src, None, dst)
 
 
 def rename_exchange(a, b):
@@ -441,7 +441,7 @@ def rename_exchange(a, b):
     with nogil:
         rc = renameat2(AT_FDCWD, px, AT_FDCWD, py, RENAME_EXCHANGE)
     if rc != 0:
-        raise OSError(errno, "exchange failed", a, None, b)
+        raise OSError(errno, _strerror(errno), a, None, b)
 
 
 def drop_cache(int fd, long long offset=0, long long length=0):
@@ -450,9 +450,14 @@ def drop_cache(int fd, long long offset=0, long long length=0):
     with nogil:
         rc = posix_fadvise(fd, offset, length, POSIX_FADV_DONTNEED)
     if rc:
-        raise OSError(rc, "posix_fadvise failed")
+        raise OSError(rc, _strerror(rc))
 
 
 cdef bytes _fs(path):
     import os
     return os.fsencode(path)
+
+
+cdef str _strerror(int code):
+    import os
+    return os.strerror(code)

@@ -9,6 +9,7 @@ metadata, and turning "the source changed while we copied it" into an error.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import tempfile
@@ -117,10 +118,14 @@ def apply_metadata(target: int | str | os.PathLike[str], st: os.stat_result) -> 
     os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
 
 
+#: errno values that can only come from the destination side of a copy.
+_DEST_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
+
+
 def copy_open_file(
     src_path: Path, src_fd: int, dst_path: Path, dst_fd: int, *, reflink: str = "auto",
     sparse: str = "auto", allow_copy_file_range: bool = True,
-    expected: os.stat_result | None = None,
+    expected: os.stat_result | None = None, display_dst: Path | None = None,
 ) -> FileCopyResult:
     """Copy the contents of ``src_fd`` into the new, empty ``dst_fd``.
 
@@ -142,7 +147,8 @@ def copy_open_file(
             raise CopyFailed(dst_path, f"cannot reflink from {src_path}: {err.strerror}",
                              "use --reflink=auto, or copy within one filesystem that "
                              "supports reflinks (XFS, btrfs)") from err
-        raise from_oserror(err, src_path) from err
+        side = (display_dst or dst_path) if err.errno in _DEST_ERRNOS else src_path
+        raise from_oserror(err, side) from err
     if raw["changed"]:
         before = expected.st_size if expected is not None else raw["size"]
         raise SourceChanged(
@@ -158,19 +164,19 @@ def copy_open_file(
 
 
 def raw_is_clone_refusal(err: OSError) -> bool:
-    import errno
-
     return err.errno in (errno.EOPNOTSUPP, errno.EXDEV, errno.EINVAL, errno.ENOTTY, errno.EPERM)
 
 
 def copy_file_new(
     src: Path, dst: Path, st: os.stat_result, *, reflink: str = "auto", sparse: str = "auto",
     allow_copy_file_range: bool = True, preserve: bool = True, fsync: bool = False,
+    display_dst: Path | None = None,
 ) -> FileCopyResult:
     """Copy regular file ``src`` (planned with stat ``st``) to the new path ``dst``.
 
     ``dst`` is created exclusively; on any failure it is removed.  Used inside a
-    temporary tree, where no rename per file is needed.
+    temporary tree, where no rename per file is needed.  ``display_dst`` is the
+    name errors use for the destination (the final name, not the temporary one).
     """
     try:
         src_fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
@@ -183,10 +189,11 @@ def copy_file_new(
         try:
             dst_fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         except OSError as err:
-            raise from_oserror(err, dst) from err
+            raise from_oserror(err, display_dst or dst) from err
         try:
             result = copy_open_file(src, src_fd, dst, dst_fd, reflink=reflink, sparse=sparse,
-                                    allow_copy_file_range=allow_copy_file_range, expected=st)
+                                    allow_copy_file_range=allow_copy_file_range, expected=st,
+                                    display_dst=display_dst)
             if preserve:
                 apply_metadata(dst_fd, st)
             if fsync:
@@ -221,8 +228,6 @@ def place(tmp: Path, dst: Path, *, force: bool) -> None:
             raise DestinationExists(dst, "appeared while the copy was running",
                                     "pass --force to replace it") from err
         except OSError as err:
-            import errno
-
             if err.errno not in (errno.EINVAL, errno.ENOSYS):
                 raise
         if os.path.lexists(dst):
@@ -284,7 +289,7 @@ def copy_file(
     try:
         result = copy_file_new(src_p, tmp, st, reflink=reflink, sparse=sparse,
                                allow_copy_file_range=allow_copy_file_range, preserve=preserve,
-                               fsync=fsync)
+                               fsync=fsync, display_dst=dst_p)
         place(tmp, dst_p, force=force)
     except BaseException:
         if os.path.lexists(tmp):

@@ -256,14 +256,18 @@ class EnvCopyResult:
 
 def copy_environment(
     src: EnvLocation, dst_file: str | os.PathLike[str], *, engine: str = "compact",
-    mode: int = 0o644,
+    mode: int = 0o644, display_dst: str | os.PathLike[str] | None = None,
 ) -> EnvCopyResult:
     """Copy the environment ``src`` into the new file ``dst_file`` (its data file).
 
     ``dst_file`` must not exist: it is created exclusively, and removed again if
-    the copy fails, so a failed copy never leaves a file behind.
+    the copy fails, so a failed copy never leaves a file behind.  Errors on the
+    destination side name ``display_dst`` (the final name) when given.
     """
+    import errno
+
     from synfast import _lmdb
+    from synfast.errors import from_oserror
 
     if engine not in ENGINES:
         raise ValueError(f"unknown LMDB engine {engine!r}")
@@ -274,6 +278,10 @@ def copy_environment(
         try:
             raw = _lmdb.env_copy(os.fspath(src.path), fd, src.subdir, engine == "compact")
         except (_lmdb.LmdbError, OSError) as err:
+            code = getattr(err, "code", None) or getattr(err, "errno", None)
+            if code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS):
+                raise from_oserror(OSError(code, os.strerror(code)),
+                                   display_dst or dst) from err
             raise _lmdb_error(err, src.data_path) from err
         head = os.pread(fd, raw["page_size"] + _META_LEN, 0)
     except BaseException:

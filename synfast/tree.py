@@ -311,13 +311,15 @@ def _execute(the_plan: Plan, tmp: Path, report: CopyReport, *, reflink: str, spa
     def do_file(e: Entry) -> None:
         result = files.copy_file_new(source_of(e), _target(tmp, e.rel), e.st, reflink=reflink,
                                      sparse=sparse, allow_copy_file_range=allow_cfr,
-                                     preserve=preserve, fsync=fsync)
+                                     preserve=preserve, fsync=fsync,
+                                     display_dst=_target(report.destination, e.rel))
         report.files.append(result)
 
     def do_env(e: Entry) -> None:
         assert e.env is not None
         out = _target(tmp, e.rel)
-        result = lmdbenv.copy_environment(e.env, out, engine=engine, mode=e.st.st_mode)
+        result = lmdbenv.copy_environment(e.env, out, engine=engine, mode=e.st.st_mode,
+                                          display_dst=_target(report.destination, e.rel))
         if preserve or fsync:
             fd = os.open(out, os.O_RDONLY | os.O_CLOEXEC)
             try:

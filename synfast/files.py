@@ -33,8 +33,11 @@ _MODE_CODE = {"never": 0, "auto": 1, "always": 2}
 IS_ROOT = os.geteuid() == 0
 
 
-def check_modes(reflink: str, sparse: str) -> None:
+def check_modes(reflink: str, sparse: str, copy_file_range: str = "auto") -> None:
     """Reject option combinations that cannot mean anything (as cp does)."""
+    if copy_file_range not in MODES:
+        raise UsageError(None, "--copy-file-range takes never, auto or always, not "
+                         f"{copy_file_range!r}")
     if reflink not in MODES:
         raise UsageError(None, f"--reflink takes never, auto or always, not {reflink!r}")
     if sparse not in MODES:
@@ -43,6 +46,35 @@ def check_modes(reflink: str, sparse: str) -> None:
         raise UsageError(
             None, "--reflink=always shares the source's blocks and cannot honour "
             f"--sparse={sparse}", "drop --sparse or use --reflink=auto")
+
+
+#: Filesystems whose copy_file_range hands the copy to the storage itself
+#: (server-side copy), by statfs magic number.  On local filesystems without it
+#: the kernel runs a generic splice loop that measured slower than our
+#: pread/pwrite loop with a 1 MiB buffer (ext4, 515 MiB of data in 1,000
+#: extents, page cache warm: 0.36 s of CPU against 0.30 s, and 1.4 s against
+#: 0.3 s of wall time for the whole copy while the machine was busy), so there
+#: we read and write ourselves.  Reflink-capable filesystems are served by
+#: FICLONE before either.
+OFFLOAD_FILESYSTEMS = {
+    0x6969: "nfs",
+    0xFF534D42: "cifs",
+    0xFE534D42: "smb2",
+    0x00C36400: "ceph",
+    0x65735546: "fuse",
+}
+
+
+def use_copy_file_range(mode: str, src_fd: int, dst_fd: int) -> bool:
+    """Whether to move data with copy_file_range: ``always``, ``never``, or with
+    ``auto`` only where it offloads the copy (both files on one filesystem type
+    listed in :data:`OFFLOAD_FILESYSTEMS`)."""
+    if mode != "auto":
+        return mode == "always"
+    from synfast import _sparse
+
+    kind = _sparse.fs_type(src_fd)
+    return kind in OFFLOAD_FILESYSTEMS and kind == _sparse.fs_type(dst_fd)
 
 
 @dataclass(frozen=True)
@@ -124,7 +156,7 @@ _DEST_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
 
 def copy_open_file(
     src_path: Path, src_fd: int, dst_path: Path, dst_fd: int, *, reflink: str = "auto",
-    sparse: str = "auto", allow_copy_file_range: bool = True,
+    sparse: str = "auto", copy_file_range: str = "auto",
     expected: os.stat_result | None = None, display_dst: Path | None = None,
 ) -> FileCopyResult:
     """Copy the contents of ``src_fd`` into the new, empty ``dst_fd``.
@@ -138,7 +170,7 @@ def copy_open_file(
     try:
         raw = _sparse.copy_fd(
             src_fd, dst_fd, reflink=_MODE_CODE[reflink], sparse=_MODE_CODE[sparse],
-            allow_copy_file_range=allow_copy_file_range,
+            allow_copy_file_range=use_copy_file_range(copy_file_range, src_fd, dst_fd),
             expected_size=expected.st_size if expected is not None else -1,
             expected_mtime_ns=expected.st_mtime_ns if expected is not None else -1,
         )
@@ -169,7 +201,7 @@ def raw_is_clone_refusal(err: OSError) -> bool:
 
 def copy_file_new(
     src: Path, dst: Path, st: os.stat_result, *, reflink: str = "auto", sparse: str = "auto",
-    allow_copy_file_range: bool = True, preserve: bool = True, fsync: bool = False,
+    copy_file_range: str = "auto", preserve: bool = True, fsync: bool = False,
     display_dst: Path | None = None,
 ) -> FileCopyResult:
     """Copy regular file ``src`` (planned with stat ``st``) to the new path ``dst``.
@@ -192,7 +224,7 @@ def copy_file_new(
             raise from_oserror(err, display_dst or dst) from err
         try:
             result = copy_open_file(src, src_fd, dst, dst_fd, reflink=reflink, sparse=sparse,
-                                    allow_copy_file_range=allow_copy_file_range, expected=st,
+                                    copy_file_range=copy_file_range, expected=st,
                                     display_dst=display_dst)
             if preserve:
                 apply_metadata(dst_fd, st)
@@ -266,14 +298,15 @@ def temp_sibling(dst: Path, directory: bool) -> Path:
 def copy_file(
     src: str | os.PathLike[str], dst: str | os.PathLike[str], *, reflink: str = "auto",
     sparse: str = "auto", force: bool = False, preserve: bool = True, fsync: bool = False,
-    allow_copy_file_range: bool = True,
+    copy_file_range: str = "auto",
 ) -> FileCopyResult:
     """Copy one regular file, sparse-safe, atomically (temporary name, then rename).
 
-    ``reflink`` and ``sparse`` mean what they mean to ``cp``.  An existing
-    ``dst`` is refused unless ``force``.
+    ``reflink`` and ``sparse`` mean what they mean to ``cp``;
+    ``copy_file_range`` is explained at :func:`use_copy_file_range`.  An
+    existing ``dst`` is refused unless ``force``.
     """
-    check_modes(reflink, sparse)
+    check_modes(reflink, sparse, copy_file_range)
     src_p, dst_p = Path(src), Path(dst)
     try:
         st = os.lstat(src_p)
@@ -288,7 +321,7 @@ def copy_file(
     tmp = temp_sibling(dst_p, directory=False)
     try:
         result = copy_file_new(src_p, tmp, st, reflink=reflink, sparse=sparse,
-                               allow_copy_file_range=allow_copy_file_range, preserve=preserve,
+                               copy_file_range=copy_file_range, preserve=preserve,
                                fsync=fsync, display_dst=dst_p)
         place(tmp, dst_p, force=force)
     except BaseException:

@@ -238,7 +238,7 @@ def copy(
     jobs: int | None = None,
     fsync: bool = False,
     exclude: tuple[str, ...] = (),
-    allow_copy_file_range: bool = True,
+    copy_file_range: str = "auto",
     preserve: bool = True,
 ) -> CopyReport:
     """Copy a file, an LMDB environment or a directory tree to ``destination``.
@@ -249,7 +249,7 @@ def copy(
     times and (as root) ownership are kept.  ``destination`` is the exact name
     of the copy; an existing one is refused unless ``force``.
     """
-    files.check_modes(reflink, sparse)
+    files.check_modes(reflink, sparse, copy_file_range)
     if lmdb_engine not in lmdbenv.ENGINES:
         raise UsageError(None, f"--lmdb-engine takes {', '.join(lmdbenv.ENGINES)}, "
                          f"not {lmdb_engine!r}")
@@ -263,7 +263,7 @@ def copy(
     tmp = files.temp_sibling(dst, directory=is_tree)
     try:
         _execute(the_plan, tmp, report, reflink=reflink, sparse=sparse, engine=lmdb_engine,
-                 jobs=jobs, fsync=fsync, allow_cfr=allow_copy_file_range, preserve=preserve)
+                 jobs=jobs, fsync=fsync, cfr=copy_file_range, preserve=preserve)
         if fsync:
             _fsync_dir(dst.parent)
         files.place(tmp, dst, force=force)
@@ -296,7 +296,7 @@ def _target(tmp: Path, rel: str) -> Path:
 
 
 def _execute(the_plan: Plan, tmp: Path, report: CopyReport, *, reflink: str, sparse: str,
-             engine: str, jobs: int | None, fsync: bool, allow_cfr: bool,
+             engine: str, jobs: int | None, fsync: bool, cfr: str,
              preserve: bool) -> None:
     src = the_plan.source
     dirs = the_plan.of_kind("dir")
@@ -310,7 +310,7 @@ def _execute(the_plan: Plan, tmp: Path, report: CopyReport, *, reflink: str, spa
 
     def do_file(e: Entry) -> None:
         result = files.copy_file_new(source_of(e), _target(tmp, e.rel), e.st, reflink=reflink,
-                                     sparse=sparse, allow_copy_file_range=allow_cfr,
+                                     sparse=sparse, copy_file_range=cfr,
                                      preserve=preserve, fsync=fsync,
                                      display_dst=_target(report.destination, e.rel))
         report.files.append(result)

@@ -20,6 +20,10 @@ def copy_command(
         "auto", "--sparse", metavar="WHEN",
         help=f"Holes: auto keeps the source's, always also punches zero blocks, never "
         f"writes every byte. As cp. ({_MODES})"),
+    copy_file_range: str = typer.Option(
+        "auto", "--copy-file-range", metavar="WHEN",
+        help="Move data with copy_file_range: auto uses it only where it offloads the copy "
+        f"(NFS, SMB, Ceph, FUSE); elsewhere pread/pwrite measured faster. ({_MODES})"),
     lmdb_engine: str = typer.Option(
         "compact", "--lmdb-engine", metavar="ENGINE",
         help="How LMDB environments are copied: compact (mdb_env_copyfd2 with compaction) "
@@ -46,6 +50,7 @@ def copy_command(
     from synfast.cli._render import print_json, size, warn
 
     report = tree.copy(src, dst, reflink=reflink, sparse=sparse, lmdb_engine=lmdb_engine,
+                       copy_file_range=copy_file_range,
                        force=force, jobs=jobs or None, fsync=fsync, exclude=tuple(exclude))
     for rel, kind in report.skipped:
         warn(f"{report.source / rel if rel else report.source}: skipped {kind}")

@@ -87,3 +87,21 @@ cdef extern from "<sys/stat.h>" nogil:
 
 cdef extern from "<unistd.h>" nogil:
     int close(int fd)
+
+cdef extern from "<fcntl.h>" nogil:
+    enum:
+        SYNC_FILE_RANGE_WRITE
+        SYNC_FILE_RANGE_WAIT_BEFORE
+        SYNC_FILE_RANGE_WAIT_AFTER
+    int sync_file_range(int fd, off_t offset, off_t nbytes, unsigned int flags)
+
+cdef extern from "<malloc.h>" nogil:
+    enum:
+        M_TRIM_THRESHOLD
+        M_MMAP_THRESHOLD
+    int mallopt(int param, int value)
+
+cdef extern from "<sys/vfs.h>" nogil:
+    struct statfs:
+        long f_type
+    int fstatfs(int fd, statfs *buf)

@@ -462,13 +462,3 @@ cdef str _strerror(int code):
     import os
     return os.strerror(code)
 
-
-def fs_type(int fd):
-    """The filesystem magic number (statfs f_type) of the file open on ``fd``."""
-    cdef sysio.statfs buf
-    cdef int rc
-    with nogil:
-        rc = sysio.fstatfs(fd, &buf)
-    if rc != 0:
-        raise OSError(errno, _strerror(errno))
-    return <unsigned long>buf.f_type & 0xFFFFFFFF

@@ -48,33 +48,15 @@ def check_modes(reflink: str, sparse: str, copy_file_range: str = "auto") -> Non
             f"--sparse={sparse}", "drop --sparse or use --reflink=auto")
 
 
-#: Filesystems whose copy_file_range hands the copy to the storage itself
-#: (server-side copy), by statfs magic number.  On local filesystems without it
-#: the kernel runs a generic splice loop that measured slower than our
-#: pread/pwrite loop with a 1 MiB buffer (ext4, 515 MiB of data in 1,000
-#: extents, page cache warm: 0.36 s of CPU against 0.30 s, and 1.4 s against
-#: 0.3 s of wall time for the whole copy while the machine was busy), so there
-#: we read and write ourselves.  Reflink-capable filesystems are served by
-#: FICLONE before either.
-OFFLOAD_FILESYSTEMS = {
-    0x6969: "nfs",
-    0xFF534D42: "cifs",
-    0xFE534D42: "smb2",
-    0x00C36400: "ceph",
-    0x65735546: "fuse",
-}
-
-
-def use_copy_file_range(mode: str, src_fd: int, dst_fd: int) -> bool:
-    """Whether to move data with copy_file_range: ``always``, ``never``, or with
-    ``auto`` only where it offloads the copy (both files on one filesystem type
-    listed in :data:`OFFLOAD_FILESYSTEMS`)."""
+def use_copy_file_range(mode: str, reflink: str) -> bool:
+    """Whether data may move with copy_file_range (one copy inside the kernel,
+    or a server-side copy on NFS/SMB) instead of pread/pwrite (two copies
+    through user space).  ``auto`` uses it unless ``reflink=never``: on XFS and
+    btrfs copy_file_range may share blocks, which ``never`` rules out.  Where
+    the kernel refuses it the copy falls back to pread/pwrite on its own."""
     if mode != "auto":
         return mode == "always"
-    from synfast import _sparse
-
-    kind = _sparse.fs_type(src_fd)
-    return kind in OFFLOAD_FILESYSTEMS and kind == _sparse.fs_type(dst_fd)
+    return reflink != "never"
 
 
 @dataclass(frozen=True)
@@ -170,7 +152,7 @@ def copy_open_file(
     try:
         raw = _sparse.copy_fd(
             src_fd, dst_fd, reflink=_MODE_CODE[reflink], sparse=_MODE_CODE[sparse],
-            allow_copy_file_range=use_copy_file_range(copy_file_range, src_fd, dst_fd),
+            allow_copy_file_range=use_copy_file_range(copy_file_range, reflink),
             expected_size=expected.st_size if expected is not None else -1,
             expected_mtime_ns=expected.st_mtime_ns if expected is not None else -1,
         )

@@ -163,12 +163,15 @@ def test_reflink_always_where_unsupported_is_a_clear_error(tmpfs: Path) -> None:
     assert not (tmpfs / "d").exists() and leftovers(tmpfs) == []
 
 
-def test_auto_reads_and_writes_on_local_filesystems(tmp_path: Path) -> None:
-    # ext4 has no copy offload: copy_file_range would run the same copy slower
-    src, dst = tmp_path / "s", tmp_path / "d"
+def test_auto_uses_copy_file_range_unless_reflink_never(tmp_path: Path) -> None:
+    src = tmp_path / "s"
     write_layout(src, 1 << 22, [(0, os.urandom(100_000))])
-    r = files.copy_file(src, dst)
-    check_copy(src, dst, r)
+    r = files.copy_file(src, tmp_path / "a")
+    check_copy(src, tmp_path / "a", r)
+    assert r.method == "copy_file_range"
+    # copy_file_range may share blocks on XFS/btrfs, which --reflink=never forbids
+    r = files.copy_file(src, tmp_path / "b", reflink="never")
+    check_copy(src, tmp_path / "b", r)
     assert r.method == "read-write"
 
 

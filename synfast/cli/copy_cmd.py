@@ -22,8 +22,8 @@ def copy_command(
         f"writes every byte. As cp. ({_MODES})"),
     copy_file_range: str = typer.Option(
         "auto", "--copy-file-range", metavar="WHEN",
-        help="Move data with copy_file_range: auto uses it only where it offloads the copy "
-        f"(NFS, SMB, Ceph, FUSE); elsewhere pread/pwrite measured faster. ({_MODES})"),
+        help="Move data with copy_file_range (inside the kernel) instead of pread/pwrite: "
+        f"auto uses it unless --reflink=never, as it may share blocks. ({_MODES})"),
     lmdb_engine: str = typer.Option(
         "compact", "--lmdb-engine", metavar="ENGINE",
         help="How LMDB environments are copied: compact (mdb_env_copyfd2 with compaction) "

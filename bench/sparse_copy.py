@@ -94,8 +94,8 @@ def same_content(a: Path, b: Path) -> bool:
 def contenders(src: Path, dst: Path) -> dict[str, list[str]]:
     return {
         "synfast copy": [*SYNFAST, "copy", "--quiet", str(src), str(dst)],
-        "synfast copy --copy-file-range=always": [
-            *SYNFAST, "copy", "--quiet", "--copy-file-range=always", str(src), str(dst)],
+        "synfast copy --copy-file-range=never": [
+            *SYNFAST, "copy", "--quiet", "--copy-file-range=never", str(src), str(dst)],
         "cp --sparse=auto": ["cp", "--sparse=auto", str(src), str(dst)],
         "cp --sparse=never": ["cp", "--sparse=never", str(src), str(dst)],
         "shutil.copyfile": [sys.executable, "-c",

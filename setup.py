@@ -51,6 +51,7 @@ def extensions() -> list[Extension]:
             extra_link_args=libs,
             **common,
         ),
+        Extension("synfast._rebuild", ["ext/_rebuild.pyx"], extra_link_args=libs, **common),
     ]
     return cythonize(
         exts,

@@ -32,6 +32,9 @@ from synfast.errors import (
 
 Kind = Literal["dir", "file", "env", "symlink", "special"]
 
+#: LMDB engines of ``synfast copy``; see :class:`_EnvEngines`.
+ENGINES = ("auto", "rebuild", "compact", "raw")
+
 
 @dataclass
 class Entry:
@@ -233,7 +236,7 @@ def copy(
     *,
     reflink: str = "auto",
     sparse: str = "auto",
-    lmdb_engine: str = "compact",
+    lmdb_engine: str = "auto",
     force: bool = False,
     jobs: int | None = None,
     fsync: bool = False,
@@ -250,8 +253,8 @@ def copy(
     of the copy; an existing one is refused unless ``force``.
     """
     files.check_modes(reflink, sparse, copy_file_range)
-    if lmdb_engine not in lmdbenv.ENGINES:
-        raise UsageError(None, f"--lmdb-engine takes {', '.join(lmdbenv.ENGINES)}, "
+    if lmdb_engine not in ENGINES:
+        raise UsageError(None, f"--lmdb-engine takes {', '.join(ENGINES)}, "
                          f"not {lmdb_engine!r}")
     started = time.monotonic()
     src, dst = Path(source), Path(os.path.abspath(destination))
@@ -315,11 +318,11 @@ def _execute(the_plan: Plan, tmp: Path, report: CopyReport, *, reflink: str, spa
                                      display_dst=_target(report.destination, e.rel))
         report.files.append(result)
 
+    envs = _EnvEngines(engine)
+
     def do_env(e: Entry) -> None:
-        assert e.env is not None
         out = _target(tmp, e.rel)
-        result = lmdbenv.copy_environment(e.env, out, engine=engine, mode=e.st.st_mode,
-                                          display_dst=_target(report.destination, e.rel))
+        result = envs.copy(e, out, _target(report.destination, e.rel))
         if preserve or fsync:
             fd = os.open(out, os.O_RDONLY | os.O_CLOEXEC)
             try:
@@ -334,18 +337,23 @@ def _execute(the_plan: Plan, tmp: Path, report: CopyReport, *, reflink: str, spa
     work = [e for e in the_plan.entries if e.kind in ("file", "env")]
     work.sort(key=lambda e: e.weight, reverse=True)
     workers = max(1, jobs or min(4, os.cpu_count() or 1))
-    if workers == 1 or len(work) <= 1:
-        for e in work:
-            (do_env if e.kind == "env" else do_file)(e)
-    else:
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="synfast-copy") as pool:
-            futures = [pool.submit(do_env if e.kind == "env" else do_file, e) for e in work]
-            done, pending = wait(futures, return_when=FIRST_EXCEPTION)
-            for f in pending:
-                f.cancel()
-            for f in futures:
-                if f.done() and not f.cancelled() and f.exception() is not None:
-                    raise f.exception()  # type: ignore[misc]
+    try:
+        envs.prepare([e for e in work if e.kind == "env"])
+        if workers == 1 or len(work) <= 1:
+            for e in work:
+                (do_env if e.kind == "env" else do_file)(e)
+        else:
+            with ThreadPoolExecutor(max_workers=workers,
+                                    thread_name_prefix="synfast-copy") as pool:
+                futures = [pool.submit(do_env if e.kind == "env" else do_file, e) for e in work]
+                done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+                for f in pending:
+                    f.cancel()
+                for f in futures:
+                    if f.done() and not f.cancelled() and f.exception() is not None:
+                        raise f.exception()  # type: ignore[misc]
+    finally:
+        envs.close()
 
     for e in the_plan.of_kind("symlink"):
         link = _target(tmp, e.rel)
@@ -383,6 +391,81 @@ def _execute(the_plan: Plan, tmp: Path, report: CopyReport, *, reflink: str, spa
     # Results name the temporary tree; report the final names instead.
     report.files = [_renamed(r, tmp, report.destination) for r in report.files]
     report.environments = [_renamed(r, tmp, report.destination) for r in report.environments]
+
+
+class _EnvEngines:
+    """Where the LMDB engines plug into a copy.
+
+    ``compact`` and ``raw`` copy each environment with ``mdb_env_copyfd2``,
+    which takes its own snapshot when the copy starts.  ``rebuild`` and
+    ``auto`` open every environment and begin all their read transactions
+    back to back before anything is copied (:func:`synfast.engines.open_snapshots`),
+    so the environments of a tree reflect one moment; ``auto`` then keeps the
+    rebuild where :func:`synfast.engines.choose_engine` predicts it saves at
+    least 10% of the pages, and copies the rest raw (those take a fresh
+    snapshot when their copy starts).
+    """
+
+    def __init__(self, engine: str) -> None:
+        self.engine = engine
+        self.snapshots: dict[str, object] = {}
+        self.chosen: dict[str, str] = {}
+
+    def prepare(self, envs: list[Entry]) -> None:
+        for e in envs:
+            self.chosen[e.rel] = self.engine
+        if self.engine not in ("rebuild", "auto") or not envs:
+            return
+        from synfast import engines
+
+        snaps = engines.open_snapshots([e.env.path for e in envs if e.env is not None])
+        for e, snap in zip(envs, snaps, strict=True):
+            self.snapshots[e.rel] = snap
+            self.chosen[e.rel] = "rebuild"
+        if self.engine == "auto":
+            for e in envs:
+                if engines.choose_engine(self.snapshots[e.rel]) != "rebuild":
+                    self.chosen[e.rel] = "raw"
+                    self.snapshots.pop(e.rel).close()
+
+    def close(self) -> None:
+        for snap in self.snapshots.values():
+            snap.close()
+        self.snapshots.clear()
+
+    def copy(self, e: Entry, out: Path, display: Path) -> lmdbenv.EnvCopyResult:
+        assert e.env is not None
+        snap = self.snapshots.pop(e.rel, None)
+        if snap is None:
+            return lmdbenv.copy_environment(e.env, out, engine=self.chosen[e.rel],
+                                            mode=e.st.st_mode, display_dst=display)
+        import errno
+
+        from synfast import _lmdb
+
+        data_st = os.stat(e.env.data_path)
+        try:
+            raw = snap.rebuild(os.fspath(out), subdir=False)
+        except _lmdb.LmdbError as err:
+            if os.path.lexists(out):
+                os.unlink(out)
+            if err.code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS):
+                raise from_oserror(OSError(err.code, os.strerror(err.code)), display) from err
+            raise lmdbenv._lmdb_error(err, e.env.data_path) from err
+        except BaseException:
+            if os.path.lexists(out):
+                os.unlink(out)
+            raise
+        finally:
+            snap.close()
+        meta = lmdbenv.read_meta(out)
+        return lmdbenv.EnvCopyResult(
+            source=e.env.path, destination=out, engine="rebuild", page_size=raw["page_size"],
+            map_size=raw["map_size"], last_pgno=meta.last_pgno if meta else 0,
+            txnid=raw["txnid"], txnid_exact=True, txnid_min=raw["txnid"],
+            txnid_max=raw["txnid"], bytes_written=raw["bytes_written"],
+            source_allocated=data_st.st_blocks * 512, source_apparent=data_st.st_size,
+        )
 
 
 def _renamed(result, tmp: Path, dst: Path):

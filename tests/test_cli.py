@@ -103,6 +103,18 @@ def test_copy_json_summary(tmp_path: Path) -> None:
     assert summary["copy_allocated"] < summary["source_apparent"] // 100
 
 
+@pytest.mark.parametrize("engine", ["auto", "rebuild", "compact", "raw"])
+def test_copy_of_one_environment_with_each_engine(tmp_path: Path, engine: str) -> None:
+    env = make_env(tmp_path / "e.lmdb", {b"d": {f"k{i}".encode(): b"b" * (i * 37 % 9000)
+                                               for i in range(400)}, None: {b"plain": b"x"}})
+    proc = run_cli("copy", "--json", "--lmdb-engine", engine, env, tmp_path / "e2.lmdb")
+    assert proc.returncode == 0, proc.stderr
+    used = json.loads(proc.stdout)["environment_copies"][0]["engine"]
+    assert used == engine or (engine == "auto" and used in ("rebuild", "raw"))
+    assert sorted(os.listdir(tmp_path / "e2.lmdb")) == ["data.mdb"]
+    assert mdb_dump(env) == mdb_dump(tmp_path / "e2.lmdb")
+
+
 def test_copy_of_one_environment_and_one_data_file(tmp_path: Path) -> None:
     env = make_env(tmp_path / "e.lmdb", {b"d": {b"a": b"b" * 5000}})
     assert run_cli("copy", env, tmp_path / "e2.lmdb").returncode == 0
@@ -224,8 +236,10 @@ def test_truncated_data_mdb(tmp_path: Path) -> None:
     svc = service_dir(tmp_path)
     data = svc / "layers" / "abc123" / "layer_v2.lmdb" / "data.mdb"
     os.truncate(data, lmdbenv.read_meta(data).used_size - 8192)
-    proc = run_cli("copy", svc, tmp_path / "dst")
-    assert_one_line_error(proc, str(data), "truncated", code=1)
+    for engine in ("compact", "rebuild"):
+        proc = run_cli("copy", "--lmdb-engine", engine, svc, tmp_path / "dst")
+        # names the environment (its directory or its data file)
+        assert_one_line_error(proc, str(data.parent), "truncated", code=1)
     assert not (tmp_path / "dst").exists() and leftovers(tmp_path) == []
 
 

@@ -106,13 +106,17 @@ def test_copies_under_continuous_commits_are_consistent(tmp_path: Path, live_env
     assert len(set(counters)) > 1, counters
 
 
-def test_tree_copy_of_a_live_service(tmp_path: Path, live_env) -> None:
+@pytest.mark.parametrize("engine", ["auto", "rebuild", "compact", "raw"])
+def test_tree_copy_of_a_live_service(tmp_path: Path, live_env, engine: str) -> None:
     path, writer = live_env
     (path.parent / "cell.yaml").write_text("name: test\n")
     dst = tmp_path.parent / (tmp_path.name + "-copy")
-    report = tree.copy(path.parent, dst)
+    report = tree.copy(path.parent, dst, lmdb_engine=engine)
     assert writer.poll() is None
     assert len(report.environments) == 1
+    if engine == "rebuild":
+        assert report.environments[0].engine == "rebuild"
+        assert report.environments[0].txnid_exact
     assert not (dst / "live.lmdb" / "lock.mdb").exists()
     check_snapshot(dst / "live.lmdb")
     assert (dst / "cell.yaml").read_text() == "name: test\n"

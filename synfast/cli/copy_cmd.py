@@ -25,9 +25,10 @@ def copy_command(
         help="Move data with copy_file_range (inside the kernel) instead of pread/pwrite: "
         f"auto uses it unless --reflink=never, as it may share blocks. ({_MODES})"),
     lmdb_engine: str = typer.Option(
-        "compact", "--lmdb-engine", metavar="ENGINE",
-        help="How LMDB environments are copied: compact (mdb_env_copyfd2 with compaction) "
-        "or raw (without)."),
+        "auto", "--lmdb-engine", metavar="ENGINE",
+        help="How LMDB environments are copied: rebuild (native, in key order, smallest "
+        "output), compact or raw (mdb_env_copyfd2 with or without compaction), or auto "
+        "(rebuild where it saves 10% or more, else raw)."),
     force: bool = typer.Option(False, "--force", "-f", help="Replace an existing DST."),
     jobs: int = typer.Option(0, "--jobs", "-j", min=0,
                              help="Parallel copies (0: one per core, at most 4)."),

@@ -327,3 +327,165 @@ def lock_holder(lock_path):
 cdef bytes _fs(path):
     import os
     return os.fsencode(path)
+
+
+cdef int _walk_count(MDB_txn *txn, MDB_dbi dbi, size_t *count, size_t *value_bytes) noexcept nogil:
+    """Visit every entry (duplicates included) of one database with a cursor,
+    touching each value's first and last byte so that an overflow page that
+    points outside the file, or a damaged page, is found now.  Returns an LMDB
+    code (0 when the walk reached the end)."""
+    cdef MDB_cursor *cur = NULL
+    cdef MDB_val key, val
+    cdef int rc
+    cdef volatile unsigned char sink = 0
+    count[0] = 0
+    value_bytes[0] = 0
+    rc = mdb_cursor_open(txn, dbi, &cur)
+    if rc:
+        return rc
+    rc = mdb_cursor_get(cur, &key, &val, MDB_FIRST)
+    while rc == 0:
+        count[0] += 1
+        value_bytes[0] += val.mv_size
+        if val.mv_size:
+            sink ^= (<unsigned char *>val.mv_data)[0]
+            sink ^= (<unsigned char *>val.mv_data)[val.mv_size - 1]
+        rc = mdb_cursor_get(cur, &key, &val, MDB_NEXT)
+    mdb_cursor_close(cur)
+    if rc == MDB_NOTFOUND:
+        return 0
+    return rc
+
+
+def env_walk(path, bint subdir=True, bint nolock=True, bint walk=True):
+    """Open the environment at ``path`` read-only and count the entries of the
+    main database and of every named database.
+
+    ``nolock`` opens it with MDB_NOLOCK: only for a private copy that no other
+    process writes (a backup), never a live environment; no lock file is
+    created.  With ``walk`` every entry is visited with a cursor (a full check
+    that every page is reachable and readable) and the counts are those of the
+    walk; without it they come from the database records (cheap).  A data
+    file shorter than its meta page says is refused before anything is mapped.
+
+    Returns ``{"txnid", "page_size", "map_size", "last_pgno", "main": {"entries",
+    "value_bytes"}, "named": {label: {"entries", "value_bytes"}}}``; labels as
+    env_databases makes them.
+    """
+    cdef _ReadEnv e = _ReadEnv()
+    cdef MDB_txn *txn = NULL
+    cdef MDB_cursor *cur = NULL
+    cdef MDB_val key, val
+    cdef MDB_dbi dbi, main_dbi
+    cdef MDB_stat st
+    cdef MDB_envinfo info
+    cdef int rc
+    cdef size_t n = 0, vbytes = 0
+    cdef bytes bpath = _fs(path)
+    cdef const char *cpath = bpath
+    cdef unsigned int flags = MDB_RDONLY | MDB_NOTLS
+    if not subdir:
+        flags |= MDB_NOSUBDIR
+    if nolock:
+        flags |= MDB_NOLOCK
+    e.path = path
+    rc = mdb_env_create(&e.env)
+    if rc:
+        e.env = NULL
+        _fail(path, rc, "create")
+    rc = mdb_env_set_maxdbs(e.env, 32767)
+    if rc:
+        _fail(path, rc, "set_maxdbs")
+    with nogil:
+        rc = mdb_env_open(e.env, cpath, flags, 0o644)
+    if rc:
+        _fail(path, rc, "open")
+    e.check_not_truncated()
+    mdb_env_info(e.env, &info)
+    mdb_env_stat(e.env, &st)
+    with nogil:
+        rc = mdb_txn_begin(e.env, NULL, MDB_RDONLY, &txn)
+    if rc:
+        _fail(path, rc, "txn_begin")
+    try:
+        rc = mdb_dbi_open(txn, NULL, 0, &main_dbi)
+        if rc:
+            _fail(path, rc, "open main database")
+        result = {"txnid": mdb_txn_id(txn), "page_size": st.ms_psize,
+                  "map_size": info.me_mapsize, "last_pgno": info.me_last_pgno, "named": {}}
+        if walk:
+            with nogil:
+                rc = _walk_count(txn, main_dbi, &n, &vbytes)
+            if rc:
+                _fail(path, rc, "walk main database")
+            result["main"] = {"entries": n, "value_bytes": vbytes}
+        else:
+            mdb_stat(txn, main_dbi, &st)
+            result["main"] = {"entries": st.ms_entries, "value_bytes": None}
+        rc = mdb_cursor_open(txn, main_dbi, &cur)
+        if rc:
+            _fail(path, rc, "cursor_open")
+        names = []
+        rc = mdb_cursor_get(cur, &key, &val, MDB_FIRST)
+        while rc == 0:
+            names.append((<char *>key.mv_data)[:key.mv_size])
+            rc = mdb_cursor_get(cur, &key, &val, MDB_NEXT_NODUP)
+        mdb_cursor_close(cur)
+        cur = NULL
+        if rc != MDB_NOTFOUND:
+            _fail(path, rc, "walk main database")
+        for name in names:
+            if b"\0" in name:
+                continue
+            rc = mdb_dbi_open(txn, name, 0, &dbi)
+            if rc == MDB_INCOMPATIBLE or rc == MDB_NOTFOUND:
+                continue          # a plain key of the main database
+            if rc:
+                _fail(path, rc, f"open database {name!r}")
+            try:
+                label = name.decode("utf-8")
+            except UnicodeDecodeError:
+                label = "0x" + name.hex()
+            if walk:
+                with nogil:
+                    rc = _walk_count(txn, dbi, &n, &vbytes)
+                if rc:
+                    _fail(path, rc, f"walk database {label!r}")
+                result["named"][label] = {"entries": n, "value_bytes": vbytes}
+            else:
+                mdb_stat(txn, dbi, &st)
+                result["named"][label] = {"entries": st.ms_entries, "value_bytes": None}
+        return result
+    finally:
+        if cur != NULL:
+            mdb_cursor_close(cur)
+        mdb_txn_abort(txn)
+
+
+def lock_state(lock_path):
+    """Whether another process holds LMDB's shared lock on ``lock_path``, and
+    its pid: ``(held, pid)``.  Unlike lock_holder this tells "held by a process
+    the kernel will not name" (pid 0: another PID namespace, e.g. a service in
+    a container sharing the directory) from "not held".  Same caveat: never
+    call it for an environment this process has open."""
+    cdef bytes b = _fs(lock_path)
+    cdef const char *p = b
+    cdef flock fl
+    cdef int fd, rc
+    with nogil:
+        fd = c_open(p, O_RDONLY | O_CLOEXEC)
+    if fd < 0:
+        raise OSError(errno, "cannot open lock file", lock_path)
+    memset(&fl, 0, sizeof(fl))
+    fl.l_type = F_WRLCK
+    fl.l_whence = SEEK_SET
+    fl.l_start = 0
+    fl.l_len = 1
+    rc = fcntl(fd, F_GETLK, &fl)
+    err = errno
+    c_close(fd)
+    if rc != 0:
+        raise OSError(err, "F_GETLK failed", lock_path)
+    if fl.l_type == F_UNLCK:
+        return False, 0
+    return True, fl.l_pid

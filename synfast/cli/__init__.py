@@ -13,6 +13,7 @@ import sys
 from synfast.cli._app import app, state
 from synfast.cli import copy_cmd as _copy_cmd  # noqa: E402,F401,I001
 from synfast.cli import scan_cmd as _scan_cmd  # noqa: E402,F401
+from synfast.cli import backup_cmd as _backup_cmd  # noqa: E402,F401
 from synfast.cli import easycert_cmd as _easycert_cmd  # noqa: E402,F401
 from synfast.cli import certs_cmd as _certs_cmd  # noqa: E402,F401
 from synfast.cli import url_cmd as _url_cmd  # noqa: E402,F401

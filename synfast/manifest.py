@@ -1,0 +1,277 @@
+"""The backup manifest: its schema, its checksums, writing it durably and reading it back.
+
+A backup is complete exactly when ``DST/.synfast/manifest.json`` exists: it is
+written last (temporary name, fsync, rename, fsync of the directory), and only
+then is the partial directory renamed to its final name.  ``verify`` and
+``restore`` trust nothing else: every file, directory, symlink and LMDB
+environment of the backup is listed here with what it must look like.
+
+Checksums (``blake2b-256-sparse-v2``) are BLAKE2b (32-byte digest) over a
+canonical form of a file's content that does not depend on where its holes
+are, so a sparse source, a dense copy and a copy with zero blocks punched out
+all agree, and a 16 GiB sparse file is hashed by reading only its data:
+
+- the file is cut into aligned segments of :data:`SEGMENT` bytes (64 MiB; the
+  last may be shorter), and each segment into aligned blocks of :data:`BLOCK`
+  bytes (64 KiB; the last may be shorter);
+- a block that lies wholly in a hole, or whose bytes are all zero, is a *zero
+  block*; it is never fed to the hash by content;
+- a segment's digest is BLAKE2b-256 of: for every maximal run of zero blocks
+  ``b"Z" + <run length in bytes, u64 LE>``, for every other block
+  ``b"D" + <its bytes>``, in order, then ``b"E" + <segment length, u64 LE>``;
+- the file's checksum is BLAKE2b-256 of ``b"S" + <segment digest>`` for every
+  segment in order, then ``b"E" + <file size, u64 LE>``.
+
+Only blocks that touch a data extent (SEEK_DATA/SEEK_HOLE) are read.  Segments
+are hashed in parallel (hashlib releases the GIL), so one large file uses
+every core.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import socket
+import struct
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from synfast.errors import SynfastError, from_oserror
+
+FORMAT = "synfast-backup"
+VERSION = 1
+CHECKSUM_ALGORITHM = "blake2b-256-sparse-v2"
+BLOCK = 1 << 16
+SEGMENT = 1 << 26
+META_DIR = ".synfast"
+MANIFEST = "manifest.json"
+PARTIAL_MARKER = "partial.json"
+VERIFIED = "verified.json"
+
+_ZERO = bytes(BLOCK)
+_U64 = struct.Struct("<Q")
+#: Bytes read per pread while hashing (a whole number of blocks).
+_READ = 64 * BLOCK
+
+
+class ManifestError(SynfastError):
+    """A manifest that is missing, unreadable or not of our format."""
+
+
+def _segment_digest(fd: int, seg_start: int, seg_end: int,
+                    ranges: list[tuple[int, int]]) -> bytes:
+    """BLAKE2b of the canonical stream of ``[seg_start, seg_end)``; ``ranges`` are
+    the block ranges inside it that touch data (sorted, merged)."""
+    h = hashlib.blake2b(digest_size=32)
+    zero_run = 0
+    pos = seg_start
+    for start, end in ranges:
+        zero_run += start - pos
+        pos = start
+        while pos < end:
+            chunk = os.pread(fd, min(_READ, end - pos), pos)
+            if not chunk:
+                raise OSError(5, "file shrank while being checksummed")
+            view = memoryview(chunk)
+            for i in range(0, len(chunk), BLOCK):
+                block = view[i:i + BLOCK]     # no copy
+                if chunk.startswith(_ZERO[:len(block)], i):
+                    zero_run += len(block)
+                    continue
+                if zero_run:
+                    h.update(b"Z" + _U64.pack(zero_run))
+                    zero_run = 0
+                h.update(b"D")
+                h.update(block)
+            pos += len(chunk)
+    zero_run += seg_end - pos
+    if zero_run:
+        h.update(b"Z" + _U64.pack(zero_run))
+    h.update(b"E" + _U64.pack(seg_end - seg_start))
+    return h.digest()
+
+
+_POOL_LOCK = threading.Lock()
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _pool() -> ThreadPoolExecutor:
+    """One process-wide pool for segment hashing (hashlib releases the GIL), so a
+    large file is hashed on every core even when it is the last one left."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max_workers=os.cpu_count() or 1,
+                                       thread_name_prefix="synfast-hash")
+        return _POOL
+
+
+def checksum_fd(fd: int) -> str:
+    """Canonical BLAKE2b of the open regular file ``fd`` (see the module docstring)."""
+    from synfast import _sparse
+
+    size = os.fstat(fd).st_size
+    # Block ranges that touch data, merged, in order, cut at segment boundaries.
+    per_seg: dict[int, list[tuple[int, int]]] = {}
+    last: tuple[int, int] | None = None
+    merged: list[tuple[int, int]] = []
+    for off, length in _sparse.extents(fd):
+        first = off // BLOCK * BLOCK
+        end = min(size, -(-(off + length) // BLOCK) * BLOCK)
+        if last is not None and first <= last[1]:
+            last = (last[0], max(last[1], end))
+            merged[-1] = last
+        else:
+            last = (first, end)
+            merged.append(last)
+    for first, end in merged:
+        while first < end:
+            seg = first // SEGMENT
+            cut = min(end, (seg + 1) * SEGMENT)
+            per_seg.setdefault(seg, []).append((first, cut))
+            first = cut
+    nseg = max(1, -(-size // SEGMENT))
+    jobs = {}
+    for seg in range(nseg):
+        s0, s1 = seg * SEGMENT, min(size, (seg + 1) * SEGMENT)
+        ranges = per_seg.get(seg, [])
+        if len(per_seg) > 1 and ranges:
+            jobs[seg] = _pool().submit(_segment_digest, fd, s0, s1, ranges)
+        else:
+            jobs[seg] = _segment_digest(fd, s0, s1, ranges)
+    h = hashlib.blake2b(digest_size=32)
+    for seg in range(nseg):
+        d = jobs[seg]
+        h.update(b"S" + (d if isinstance(d, bytes) else d.result()))
+    h.update(b"E" + _U64.pack(size))
+    return h.hexdigest()
+
+
+def checksum_file(path: str | os.PathLike[str]) -> str:
+    """Canonical BLAKE2b of the regular file at ``path`` (not followed if a symlink)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    try:
+        return checksum_fd(fd)
+    finally:
+        os.close(fd)
+
+
+def iso(t: float) -> str:
+    """A UTC timestamp with microseconds, as the manifest writes times."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1e6):06d}Z"
+
+
+def parse_iso(text: str) -> float:
+    """The inverse of :func:`iso` (also accepts times without fractions)."""
+    import calendar
+
+    text = text.rstrip("Z")
+    frac = 0.0
+    if "." in text:
+        text, f = text.split(".", 1)
+        frac = float("0." + f)
+    return calendar.timegm(time.strptime(text, "%Y-%m-%dT%H:%M:%S")) + frac
+
+
+def hostname() -> str:
+    return socket.gethostname()
+
+
+def write_json_durably(path: Path, obj: Any, *, fsync: bool = True) -> None:
+    """Write ``obj`` as JSON to ``path`` via a temporary name, fsync, rename, fsync
+    of the directory: the file is there whole or not at all."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    data = (json.dumps(obj, indent=1, sort_keys=False) + "\n").encode()
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            if fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        if fsync:
+            dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise from_oserror(err, path) from err
+
+
+def manifest_path(backup: str | os.PathLike[str]) -> Path:
+    return Path(backup) / META_DIR / MANIFEST
+
+
+_REQUIRED = {
+    "format": str, "version": int, "tool": dict, "source": str, "host": str,
+    "started": str, "finished": str, "options": dict, "checksum": (str, type(None)),
+    "snapshots": dict, "entries": list, "environments": list, "skipped": list,
+    "totals": dict,
+}
+_ENTRY_REQUIRED = {"path": str, "type": str, "mode": int}
+
+
+def validate(obj: Any, where: Path) -> dict:
+    """Check that ``obj`` is a manifest of a format this version understands."""
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        raise ManifestError(where, "is not a synfast backup manifest",
+                            "give a directory made by synfast backup")
+    if obj.get("version") != VERSION:
+        raise ManifestError(where, f"has manifest version {obj.get('version')!r}; this "
+                            f"synfast reads version {VERSION}", "use a matching synfast")
+    for key, kind in _REQUIRED.items():
+        if not isinstance(obj.get(key), kind):
+            raise ManifestError(where, f"is incomplete: field {key!r} missing or wrong",
+                                "the backup is damaged; use another one")
+    for i, entry in enumerate(obj["entries"]):
+        for key, kind in _ENTRY_REQUIRED.items():
+            if not isinstance(entry, dict) or not isinstance(entry.get(key), kind):
+                raise ManifestError(where, f"is incomplete: entry {i} lacks {key!r}",
+                                    "the backup is damaged; use another one")
+    return obj
+
+
+def read(backup: str | os.PathLike[str]) -> dict:
+    """Read and validate the manifest of the backup directory ``backup``."""
+    b = Path(backup)
+    if not b.is_dir():
+        if not os.path.lexists(b):
+            raise ManifestError(b, "does not exist", "check the path")
+        raise ManifestError(b, "is not a directory", "give a backup directory")
+    path = manifest_path(b)
+    try:
+        text = path.read_text()
+    except FileNotFoundError as err:
+        hint = ("it is an unfinished backup (interrupted); remove it with prune or "
+                "backup --clean-partial" if (b / META_DIR / PARTIAL_MARKER).exists()
+                else "not a complete synfast backup")
+        raise ManifestError(path, "is missing", hint) from err
+    except OSError as err:
+        raise from_oserror(err, path) from err
+    try:
+        obj = json.loads(text)
+    except ValueError as err:
+        raise ManifestError(path, f"is not valid JSON ({err.msg} at line {err.lineno})",
+                            "the backup is damaged; use another one") from err
+    return validate(obj, path)
+
+
+def read_verified(backup: str | os.PathLike[str]) -> dict | None:
+    """The record of the last ``synfast verify`` of this backup, if any."""
+    try:
+        obj = json.loads((Path(backup) / META_DIR / VERIFIED).read_text())
+    except (OSError, ValueError):
+        return None
+    return obj if isinstance(obj, dict) else None

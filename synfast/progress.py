@@ -1,0 +1,89 @@
+"""Progress of a backup for people: a rich progress bar on a terminal, plain
+log lines on stdout otherwise (cron mail, systemd journal), nothing with ``quiet``.
+
+The backup calls the reporter with events (``plan`` once, ``item`` after each
+file or environment); the reporter only renders.  Bytes are the source's
+allocated bytes, the estimate of the work, since apparent sizes of sparse
+environments mean nothing.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+class Reporter:
+    """Callable progress sink for :func:`synfast.backup.backup`."""
+
+    #: Plain log lines name every environment and the files at least this large
+    #: (a line per small file would bury the log).
+    LOG_MIN = 64 << 20
+
+    def __init__(self, *, quiet: bool = False, tty: bool | None = None) -> None:
+        self.quiet = quiet
+        self.tty = sys.stderr.isatty() if tty is None else tty
+        self.total = 0
+        self.done = 0
+        self.items = 0
+        self.count = 0
+        self.t0 = time.monotonic()
+        self._bar: Any = None
+        self._task: Any = None
+
+    def __call__(self, event: str, data: dict) -> None:
+        if self.quiet:
+            return
+        if event == "plan":
+            self.total, self.items = data["bytes"], data["items"]
+            if self.tty:
+                from rich.console import Console
+                from rich.progress import (
+                    BarColumn,
+                    DownloadColumn,
+                    Progress,
+                    TextColumn,
+                    TimeRemainingColumn,
+                    TransferSpeedColumn,
+                )
+
+                self._bar = Progress(
+                    TextColumn("[bold]backup"), BarColumn(), DownloadColumn(binary_units=True),
+                    TransferSpeedColumn(), TimeRemainingColumn(),
+                    TextColumn("{task.fields[item]}"),
+                    console=Console(file=sys.stderr), transient=True)
+                self._bar.start()
+                self._task = self._bar.add_task("backup", total=max(self.total, 1), item="")
+            else:
+                self._log(f"plan: {self.items} files and environments, "
+                          f"{_size(self.total)} allocated, {data['environments']} environments")
+        elif event == "item":
+            self.done += data["bytes"]
+            self.count += 1
+            if self._bar is not None:
+                self._bar.update(self._task, completed=self.done, item=data["path"])
+            elif not self.tty and (data["kind"] == "env" or data["bytes"] >= self.LOG_MIN):
+                elapsed = max(time.monotonic() - self.t0, 1e-6)
+                self._log(f"[{self.count}/{self.items}] {data['kind']} {data['path']} "
+                          f"({_size(data['bytes'])}; {_size(self.done)} of {_size(self.total)}, "
+                          f"{_size(self.done / elapsed)}/s)")
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+    @staticmethod
+    def _log(line: str) -> None:
+        # Log lines are the command's normal output (stdout); warnings and
+        # errors go to stderr.
+        print(f"synfast: {line}", file=sys.stdout, flush=True)

@@ -1,0 +1,414 @@
+"""``synfast backup``: real service directories, real processes, the real CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from synfast import backup as backup_api
+from synfast import manifest, retention
+from tests.conftest import (
+    IS_ROOT,
+    allocated,
+    assert_one_line_error,
+    files_equal,
+    make_env,
+    mdb_dump,
+    run_cli,
+    write_layout,
+)
+from tests.test_live import WINDOW, WRITER, check_snapshot
+
+
+def service(root: Path, name: str = "cortex00") -> Path:
+    """A Cortex-like service directory: writemap environments with big maps and
+    named databases (one with duplicates), a single-file environment, a sparse
+    file, small files with odd modes, a symlink, a socket, a FIFO, and the
+    scratch directories a backup leaves out (tmp/, backups/ at any depth)."""
+    svc = root / name
+    (svc / "slabs").mkdir(parents=True)
+    (svc / "layers" / "abc123").mkdir(parents=True)
+    make_env(svc / "slabs" / "cell.lmdb", {
+        b"meta": {b"k": b"v"},
+        b"nodes": {f"n{i:04}".encode(): os.urandom(200) for i in range(400)},
+        b"tags": {b"t1": [b"a", b"b", b"c"], b"t2": [b"d"]},
+    }, map_size=2 << 30, dupsort=(b"tags",))
+    make_env(svc / "layers" / "abc123" / "layer_v2.lmdb", {b"big": {
+        f"b{i}".encode(): os.urandom(9000) for i in range(40)}}, map_size=1 << 30)
+    make_env(svc / "store.mdb", {None: {b"x": b"y", b"z": b"w" * 5000}}, subdir=False)
+    write_layout(svc / "sparse.bin", 3 << 30, [(1 << 20, os.urandom(70000)),
+                                               (2 << 30, os.urandom(5000))])
+    (svc / "cell.yaml").write_text("dmon:listen: tcp://0.0.0.0:27492\n")
+    os.chmod(svc / "cell.yaml", 0o640)
+    os.utime(svc / "cell.yaml", ns=(1_600_000_000_000_000_000, 1_600_000_000_123_456_789))
+    (svc / "slabs" / "empty").write_bytes(b"")
+    (svc / "cell.guid").symlink_to("cell.yaml")
+    os.chmod(svc / "layers", 0o750)
+    for scratch in ("tmp", "layers/abc123/tmp", "backups"):
+        (svc / scratch).mkdir()
+        (svc / scratch / "junk").write_bytes(os.urandom(1000))
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(svc / "sock"))
+    sock.close()
+    os.mkfifo(svc / "fifo")
+    return svc
+
+
+ENVS = ("slabs/cell.lmdb", "layers/abc123/layer_v2.lmdb")
+
+
+def backup_ok(*args) -> subprocess.CompletedProcess[str]:
+    proc = run_cli("backup", *args)
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+@pytest.mark.parametrize("engine", backup_api.available_engines())
+def test_backup_verify_restore_round_trip(tmp_path: Path, engine: str) -> None:
+    svc = service(tmp_path)
+    if IS_ROOT:
+        os.chown(svc / "cell.yaml", 4321, 8765)
+    dumps = {rel: mdb_dump(svc / rel) for rel in ENVS}
+    dumps["store.mdb"] = mdb_dump(svc / "store.mdb", subdir=False)
+    proc = backup_ok(svc, tmp_path / "bk", "--lmdb-engine", engine, "--json")
+    summary = json.loads(proc.stdout)
+    assert summary["totals"]["environments"] == 3 and summary["totals"]["files"] == 3
+    assert sorted(s["path"] for s in summary["skipped"]) == ["fifo", "sock"]
+    assert sorted(summary["excluded"]) == ["backups", "layers/abc123/tmp", "tmp"]
+    bk = tmp_path / "bk"
+    assert not (tmp_path / "bk.partial").exists()
+    assert not (bk / "tmp").exists() and not (bk / "layers/abc123/tmp").exists()
+    assert not (bk / "sock").exists() and not (bk / "fifo").exists()
+    for rel in ENVS:
+        assert sorted(os.listdir(bk / rel)) == ["data.mdb"]       # no lock.mdb
+    doc = manifest.read(bk)
+    assert {e["path"] for e in doc["environments"]} == {*ENVS, "store.mdb"}
+    cell = next(e for e in doc["environments"] if e["path"] == "slabs/cell.lmdb")
+    assert cell["databases"] == {"meta": 1, "nodes": 400, "tags": 4}
+    assert cell["named_databases"] == 3 and cell["page_size"] == 4096
+    together = engine in ("auto", "rebuild")
+    assert doc["snapshots"]["method"] == ("begun together" if together
+                                          else "one per environment, when its copy starts")
+    if together:   # one moment for all environments, bounded by two clock reads
+        assert len({e["snapshot_time"] for e in doc["environments"]}) == 1
+        assert 0 <= doc["snapshots"]["spread_seconds"] < 1
+    assert {e["engine"] for e in doc["environments"]} == {"rebuild" if together else engine}
+
+    proc = run_cli("verify", bk)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert not (bk / "slabs/cell.lmdb/lock.mdb").exists()       # verify opened it NOLOCK
+
+    restored = tmp_path / "restored"
+    proc = run_cli("restore", bk, restored)
+    assert proc.returncode == 0, proc.stderr
+    assert "start the service again" in proc.stdout
+    for rel in ENVS:
+        assert mdb_dump(restored / rel) == dumps[rel]
+    assert mdb_dump(restored / "store.mdb", subdir=False) == dumps["store.mdb"]
+    assert files_equal(svc / "sparse.bin", restored / "sparse.bin")
+    assert os.stat(restored / "sparse.bin").st_blocks * 512 < 1 << 20
+    assert (restored / "cell.yaml").read_text() == (svc / "cell.yaml").read_text()
+    st = os.stat(restored / "cell.yaml")
+    assert st.st_mode & 0o7777 == 0o640
+    assert st.st_mtime_ns == 1_600_000_000_123_456_789
+    if IS_ROOT:
+        assert (st.st_uid, st.st_gid) == (4321, 8765)
+    assert os.stat(restored / "layers").st_mode & 0o7777 == 0o750
+    assert os.readlink(restored / "cell.guid") == "cell.yaml"
+    assert (restored / "slabs" / "empty").read_bytes() == b""
+    assert not (restored / "tmp").exists() and not (restored / "sock").exists()
+    assert not (restored / manifest.META_DIR).exists()
+
+
+def test_strftime_destination_exclude_and_include_tmp(tmp_path: Path) -> None:
+    svc = service(tmp_path)
+    proc = backup_ok(svc, tmp_path / "c_%Y%m%d", "--exclude", "slabs/cell.lmdb",
+                     "--exclude", "*.bin", "--no-checksum", "-q")
+    assert proc.stdout == ""
+    day = time.strftime("%Y%m%d")
+    bk = tmp_path / f"c_{day}"
+    assert bk.is_dir()
+    assert not (bk / "slabs" / "cell.lmdb").exists() and not (bk / "sparse.bin").exists()
+    assert (bk / "layers" / "abc123" / "layer_v2.lmdb" / "data.mdb").exists()
+    doc = manifest.read(bk)
+    assert doc["checksum"] is None
+    assert all(e.get("checksum") is None for e in doc["entries"])
+    assert run_cli("verify", bk).returncode == 0
+    backup_ok(svc, tmp_path / "all", "--include-tmp", "--jobs", "1", "--lmdb-engine", "compact")
+    assert (tmp_path / "all" / "tmp" / "junk").exists()
+    assert (tmp_path / "all" / "layers" / "abc123" / "tmp" / "junk").exists()
+    assert (tmp_path / "all" / "backups" / "junk").exists()
+
+
+def test_checksum_ignores_how_holes_are_laid_out(tmp_path: Path) -> None:
+    # 130 MiB: three 64 MiB segments, data in the first two, hashed in parallel
+    size, data = 130 << 20, os.urandom(100_000)
+    at = [(3 << 20, data), (100 << 20, data[:5000])]
+    a, b, c, d = (tmp_path / n for n in "abcd")
+    write_layout(a, size, at)
+    with open(b, "wb") as f:                        # the same content, written densely
+        f.truncate(size)
+        for off, chunk in [(0, bytes(size)), *at]:
+            f.seek(off)
+            f.write(chunk)
+    write_layout(c, size, [(0, bytes(1 << 20)), (64 << 20, bytes(65536)), *at])  # zeros as data
+    write_layout(d, size, [at[0], (100 << 20, data[:4999] + b"!")])
+    sums = {p.name: manifest.checksum_file(p) for p in (a, b, c, d)}
+    assert sums["a"] == sums["b"] == sums["c"] != sums["d"]
+    assert allocated(a) < 1 << 20
+    write_layout(tmp_path / "e", size + 1, at)     # one more zero byte
+    assert manifest.checksum_file(tmp_path / "e") != sums["a"]
+    write_layout(tmp_path / "f", size, [(3 << 20, data), (90 << 20, data[:5000])])  # moved
+    assert manifest.checksum_file(tmp_path / "f") != sums["a"]
+
+
+def test_bwlimit_ionice_and_hooks(tmp_path: Path) -> None:
+    svc = service(tmp_path)
+    write_layout(svc / "blob", 40 << 20, [(0, os.urandom(3 << 20)), (20 << 20, b"end")])
+    log = tmp_path / "hooks.log"
+    backup_ok(svc, tmp_path / "bk", "--bwlimit", "500", "--ionice", "idle",
+                     "--pre-cmd", f"echo pre >> {log}", "--post-cmd", f"echo post >> {log}")
+    assert log.read_text() == "pre\npost\n"
+    assert files_equal(svc / "blob", tmp_path / "bk" / "blob")
+    assert files_equal(svc / "sparse.bin", tmp_path / "bk" / "sparse.bin")
+    assert os.stat(tmp_path / "bk" / "blob").st_blocks * 512 < 8 << 20
+    assert run_cli("verify", tmp_path / "bk").returncode == 0
+
+
+def test_ionice_sets_the_idle_class() -> None:
+    if not shutil.which("ionice"):
+        pytest.skip("ionice (util-linux) is not installed")
+    code = ("import os, subprocess; from synfast.backup import set_ionice; set_ionice('idle');"
+            "print(subprocess.run(['ionice', '-p', str(os.getpid())], capture_output=True,"
+            " text=True).stdout)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip() == "idle", out
+
+
+def test_post_cmd_runs_when_the_backup_fails(tmp_path: Path) -> None:
+    svc = service(tmp_path)
+    bad = svc / "slabs" / "cell.lmdb" / "data.mdb"
+    with open(bad, "r+b") as f:
+        f.write(os.urandom(8192))
+    log = tmp_path / "hooks.log"
+    proc = run_cli("backup", svc, tmp_path / "bk", "--post-cmd", f"echo post >> {log}")
+    assert_one_line_error(proc, str(bad), "not an LMDB data file", code=1)
+    assert log.read_text() == "post\n"
+    assert not (tmp_path / "bk").exists() and not (tmp_path / "bk.partial").exists()
+    proc = run_cli("backup", svc, tmp_path / "bk2", "--pre-cmd", "exit 3",
+                   "--post-cmd", f"echo post2 >> {log}")
+    assert_one_line_error(proc, "pre command failed with exit code 3", code=1)
+    assert log.read_text() == "post\npost2\n"
+    assert not (tmp_path / "bk2").exists()
+
+
+# ------------------------------------------------------------------ live
+
+@pytest.fixture
+def live_service(tmp_path: Path):
+    """A service directory with two environments, each written continuously by its
+    own process keeping the invariant of tests/test_live.py."""
+    svc = tmp_path / "live"
+    svc.mkdir()
+    (svc / "cell.yaml").write_text("x: 1\n")
+    write_layout(svc / "blob", 200 << 20, [(0, os.urandom(16 << 20))])
+    procs = []
+    try:
+        for name in ("a.lmdb", "sub/b.lmdb"):
+            (svc / name).parent.mkdir(exist_ok=True)
+            p = subprocess.Popen([sys.executable, "-c", WRITER, str(svc / name), str(WINDOW)],
+                                 stdout=subprocess.PIPE, text=True)
+            procs.append(p)
+            assert p.stdout.readline().strip() == "ready"
+        deadline = time.monotonic() + 30
+        for name in ("a.lmdb", "sub/b.lmdb"):
+            from synfast import lmdbenv
+
+            while lmdbenv.read_meta(svc / name / "data.mdb").txnid < 200:
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+        yield svc, procs
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait(timeout=30)
+
+
+def test_backup_of_a_live_service_is_consistent(tmp_path: Path, live_service) -> None:
+    svc, writers = live_service
+    txnids = []
+    for n, engine in enumerate(backup_api.available_engines()):
+        bk = tmp_path / f"bk{n}"
+        backup_ok(svc, bk, "--lmdb-engine", engine, "-q")
+        assert all(w.poll() is None for w in writers)
+        assert run_cli("verify", bk).returncode == 0
+        for name in ("a.lmdb", "sub/b.lmdb"):
+            check_snapshot(bk / name)
+        doc = manifest.read(bk)
+        txnids.append(sorted(e["txnid"] for e in doc["environments"]))
+    # the writers really were writing while we copied
+    assert len({tuple(t) for t in txnids}) == len(txnids)
+
+
+# ------------------------------------------------------------------ killed
+
+def _run_until_paused(point: str, *args) -> subprocess.Popen:
+    env = {**os.environ, backup_api.PAUSE_ENV: point}
+    proc = subprocess.Popen([sys.executable, "-m", "synfast", "backup", *map(str, args)],
+                            stderr=subprocess.PIPE, text=True, env=env)
+    seen = []
+    for line in proc.stderr:       # progress lines come first
+        seen.append(line)
+        if f"paused at {point}" in line:
+            return proc
+    proc.wait(timeout=30)
+    raise AssertionError("".join(seen))
+
+
+@pytest.mark.parametrize("point", backup_api.PAUSE_POINTS)
+def test_killed_backup_leaves_no_destination(tmp_path: Path, point: str) -> None:
+    svc = service(tmp_path)
+    write_layout(svc / "blob", 8 << 20, [(0, os.urandom(4 << 20))])
+    dst = tmp_path / "bk"
+    proc = _run_until_paused(point, svc, dst)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert not dst.exists()
+    assert (tmp_path / "bk.partial").is_dir()
+    partial = backup_api.read_partial(tmp_path / "bk.partial")
+    assert partial is not None and not partial.active
+    # the next run reports it; the same name is refused until cleaned
+    proc = run_cli("backup", svc, tmp_path / "next")
+    assert proc.returncode == 0, proc.stderr
+    assert f"{tmp_path / 'bk.partial'}: unfinished backup" in proc.stderr
+    proc = run_cli("backup", svc, dst)
+    assert_one_line_error(proc, str(tmp_path / "bk.partial"), "--clean-partial", code=1)
+    proc = run_cli("backup", svc, dst, "--clean-partial")
+    assert proc.returncode == 0, proc.stderr
+    assert not (tmp_path / "bk.partial").exists()
+    assert run_cli("verify", dst).returncode == 0
+
+
+def test_running_backup_partial_is_left_alone(tmp_path: Path) -> None:
+    svc = service(tmp_path)
+    proc = _run_until_paused("snapshots-taken", svc, tmp_path / "bk")
+    try:
+        p = backup_api.read_partial(tmp_path / "bk.partial")
+        assert p is not None and p.active and p.pid == proc.pid
+        out = run_cli("backup", svc, tmp_path / "other", "--clean-partial")
+        assert out.returncode == 0, out.stderr
+        assert (tmp_path / "bk.partial").is_dir()
+        report = retention.prune(tmp_path, keep_last=5, now=time.time() + 3 * 86400)
+        assert (tmp_path / "bk.partial").is_dir()
+        assert [x.path for x, _ in report.partials_kept] == [tmp_path / "bk.partial"]
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    report = retention.prune(tmp_path, keep_last=5, now=time.time() + 3 * 86400)
+    assert [x.path for x in report.partials_removed] == [tmp_path / "bk.partial"]
+    assert not (tmp_path / "bk.partial").exists() and (tmp_path / "other").is_dir()
+
+
+# ------------------------------------------------------------------ bad input
+
+def test_bad_sources_and_destinations(tmp_path: Path) -> None:
+    svc = service(tmp_path)
+    proc = run_cli("backup", tmp_path / "nope", tmp_path / "bk")
+    assert_one_line_error(proc, str(tmp_path / "nope"), "does not exist", code=1)
+    proc = run_cli("backup", svc / "cell.yaml", tmp_path / "bk")
+    assert_one_line_error(proc, str(svc / "cell.yaml"), "not a directory", code=2)
+    (tmp_path / "exists").mkdir()
+    proc = run_cli("backup", svc, tmp_path / "exists")
+    assert_one_line_error(proc, str(tmp_path / "exists"), "already exists", code=1)
+    proc = run_cli("backup", svc, svc / "slabs" / "bk")
+    assert_one_line_error(proc, "inside the source", code=2)
+    proc = run_cli("backup", svc, tmp_path / "no" / "parent")
+    assert_one_line_error(proc, str(tmp_path / "no"), "does not exist", code=1)
+    proc = run_cli("backup", svc, tmp_path / "bk", "--lmdb-engine", "magic")
+    assert_one_line_error(proc, "--lmdb-engine", code=2)
+    assert sorted(os.listdir(tmp_path)) == ["cortex00", "exists"]
+
+
+@pytest.mark.skipif(not shutil.which("setpriv"), reason="setpriv (util-linux) is not installed")
+def test_unreadable_file_in_source(world_tmp: Path) -> None:
+    svc = service(world_tmp)
+    secret = svc / "secret.key"
+    secret.write_text("key")
+    os.chmod(secret, 0)
+    proc = run_cli("backup", svc, world_tmp / "bk", drop_dac=True)
+    assert_one_line_error(proc, str(secret), "permission denied", code=1)
+    assert sorted(os.listdir(world_tmp)) == ["cortex00"]
+
+
+def test_corrupt_environment_in_source(tmp_path: Path) -> None:
+    svc = service(tmp_path)
+    data = svc / "layers" / "abc123" / "layer_v2.lmdb" / "data.mdb"
+    from synfast import lmdbenv
+
+    os.truncate(data, lmdbenv.read_meta(data).used_size - 8192)
+    proc = run_cli("backup", svc, tmp_path / "bk")
+    assert_one_line_error(proc, str(data.parent), "truncated", code=1)
+    assert sorted(os.listdir(tmp_path)) == ["cortex00"]
+
+
+def test_destination_full(tmp_path: Path, small_tmpfs: Path) -> None:
+    svc = tmp_path / "svc"
+    svc.mkdir()
+    make_env(svc / "a.lmdb", {b"d": {b"k%d" % i: os.urandom(3000) for i in range(300)}})
+    write_layout(svc / "big", 64 << 20, [(0, os.urandom(6 << 20))])
+    proc = run_cli("backup", svc, small_tmpfs / "bk")
+    assert_one_line_error(proc, "no space left", code=1)
+    assert str(small_tmpfs / "bk") in proc.stderr
+    assert os.listdir(small_tmpfs) == []
+
+
+@pytest.mark.skipif(not shutil.which("fincore"), reason="fincore (util-linux) is not installed")
+def test_written_pages_are_dropped_from_the_page_cache(tmp_path: Path) -> None:
+    svc = service(tmp_path)
+    write_layout(svc / "blob", 16 << 20, [(0, os.urandom(16 << 20))])
+
+    def resident(path: Path) -> int:
+        out = subprocess.run(["fincore", "-b", "-n", "-o", "RES", str(path)],
+                             capture_output=True, text=True, check=True).stdout
+        return int(out.split()[0])
+
+    backup_ok(svc, tmp_path / "dropped", "-q")
+    backup_ok(svc, tmp_path / "kept", "-q", "--no-drop-cache")
+    assert resident(tmp_path / "kept" / "blob") > 8 << 20
+    assert resident(tmp_path / "dropped" / "blob") == 0
+    assert resident(tmp_path / "dropped" / "slabs" / "cell.lmdb" / "data.mdb") == 0
+
+
+def test_file_removed_by_the_service_during_the_backup_is_listed(tmp_path: Path) -> None:
+    svc = service(tmp_path)
+    resume = tmp_path / "resume"
+    env = {**os.environ, backup_api.PAUSE_ENV: "snapshots-taken",
+           backup_api.RESUME_ENV: str(resume)}
+    proc = subprocess.Popen([sys.executable, "-m", "synfast", "backup", "--json", str(svc),
+                             str(tmp_path / "bk")], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        for line in proc.stderr:          # the walk is done: cell.yaml is in the plan
+            if "paused at snapshots-taken" in line:
+                break
+        (svc / "cell.yaml").unlink()
+        resume.touch()
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert {"path": "cell.yaml", "type": "file removed during the backup"} in \
+        json.loads(out)["skipped"]
+    assert "cell.yaml: skipped file removed during the backup" in err
+    assert not (tmp_path / "bk" / "cell.yaml").exists()
+    assert run_cli("verify", tmp_path / "bk").returncode == 0

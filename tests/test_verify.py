@@ -1,0 +1,105 @@
+"""``synfast verify``: a backup tampered with after the fact is caught, problem by problem."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from synfast import lmdbenv, manifest
+from tests.conftest import run_cli
+from tests.test_backup import backup_ok, service
+
+
+@pytest.fixture
+def made(tmp_path: Path) -> Path:
+    svc = service(tmp_path)
+    bk = tmp_path / "bk"
+    backup_ok(svc, bk, "-q")
+    return bk
+
+
+def problems(bk: Path) -> list[str]:
+    proc = run_cli("verify", bk)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    return proc.stdout.splitlines()
+
+
+def test_a_clean_backup_verifies_and_is_recorded(made: Path) -> None:
+    proc = run_cli("verify", made, "--json")
+    assert proc.returncode == 0, proc.stdout
+    out = json.loads(proc.stdout)
+    assert out["ok"] and out["problems"] == []
+    assert out["environments_checked"] == 3 and out["checksums_checked"] == 6
+    # every entry of every database was walked: 1 + 400 + 4 + 40 + 2, plus the
+    # named databases' records in the main databases (3 + 1)
+    assert out["entries_walked"] == 1 + 400 + 4 + 40 + 2 + 3 + 1
+    assert manifest.read_verified(made)["ok"] is True
+
+
+def test_changed_byte_missing_file_truncated_env_and_extra_file(made: Path) -> None:
+    with open(made / "sparse.bin", "r+b") as f:            # a changed byte inside data
+        f.seek((1 << 20) + 100)
+        b = f.read(1)
+        f.seek((1 << 20) + 100)
+        f.write(bytes([b[0] ^ 0xFF]))
+    (made / "cell.yaml").unlink()                           # a missing file
+    env = made / "layers" / "abc123" / "layer_v2.lmdb"
+    os.truncate(env / "data.mdb", os.path.getsize(env / "data.mdb") - 4096)  # truncated env
+    (made / "slabs" / "stray").write_text("x")              # something not in the manifest
+    os.chmod(made / "slabs", 0o700)                         # a changed mode
+    lines = problems(made)
+    assert f"{made / 'sparse.bin'}: content differs from the manifest (checksum mismatch)" in lines
+    assert f"{made / 'cell.yaml'}: missing (file listed in the manifest)" in lines
+    assert any(line.startswith(f"{env / 'data.mdb'}: size ") for line in lines)
+    assert f"{env}: environment not opened: its data file does not match the manifest" in lines
+    assert f"{made / 'slabs' / 'stray'}: is not in the manifest" in lines
+    assert f"{made / 'slabs'}: mode 0700, the manifest says 0755" in lines
+    assert len(lines) == 6    # one line per problem (the summary goes to stderr)
+    assert manifest.read_verified(made)["ok"] is False
+
+
+def test_environment_with_wrong_counts_is_caught_by_the_walk(made: Path) -> None:
+    # Without checksums the walk alone must notice an environment whose
+    # content is not the one the manifest describes.
+    doc = json.loads((made / ".synfast" / "manifest.json").read_text())
+    doc["checksum"] = None
+    cell = next(e for e in doc["environments"] if e["path"] == "slabs/cell.lmdb")
+    cell["databases"]["nodes"] = 401
+    cell["databases"]["gone"] = 5
+    (made / ".synfast" / "manifest.json").write_text(json.dumps(doc))
+    lines = problems(made)
+    env = made / "slabs" / "cell.lmdb"
+    assert f"{env}: database 'nodes' holds 400 entries, the manifest says 401" in lines
+    assert f"{env}: database 'gone' is missing" in lines
+
+
+def test_truncated_environment_is_refused_by_lmdb_when_sizes_are_not_checked(
+        made: Path) -> None:
+    env = made / "layers" / "abc123" / "layer_v2.lmdb"
+    data = env / "data.mdb"
+    os.truncate(data, lmdbenv.read_meta(data).used_size - 8192)
+    doc = json.loads((made / ".synfast" / "manifest.json").read_text())
+    for e in doc["entries"]:
+        if e["path"] == "layers/abc123/layer_v2.lmdb/data.mdb":
+            e["size"] = os.path.getsize(data)
+            e["checksum"] = manifest.checksum_file(data)
+    (made / ".synfast" / "manifest.json").write_text(json.dumps(doc))
+    lines = problems(made)
+    assert any(line.startswith(f"{env}: environment does not open or walk:")
+               and "truncated" in line for line in lines), lines
+
+
+def test_missing_or_broken_manifest(made: Path, tmp_path: Path) -> None:
+    mf = made / ".synfast" / "manifest.json"
+    mf.write_text('{"format": "synfast-backup", "version": 1}')
+    assert "is incomplete" in problems(made)[0]
+    mf.write_text("{not json")
+    assert "is not valid JSON" in problems(made)[0]
+    mf.unlink()
+    assert problems(made)[0] == f"{mf}: is missing (not a complete synfast backup)"
+    proc = run_cli("verify", tmp_path / "nothing")
+    assert proc.returncode == 1 and "does not exist" in proc.stdout

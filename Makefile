@@ -34,7 +34,7 @@ lint: install
 
 bench: install
 	$(PY) -m pip install -q -e '.[test,bench]'
-	$(PY) bench/sparse_copy.py
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf build *.egg-info synfast/*.so ext/*.c .pytest_cache .hypothesis

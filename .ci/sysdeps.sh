@@ -12,6 +12,7 @@ command -v openssl >/dev/null || missing+=(openssl)
 command -v setpriv >/dev/null || missing+=(util-linux)
 command -v rsync >/dev/null || missing+=(rsync)
 command -v gcc >/dev/null || missing+=(gcc)
+[ -x /usr/bin/time ] || missing+=(time)
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 
 if [ ${#missing[@]} -eq 0 ]; then

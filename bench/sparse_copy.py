@@ -4,8 +4,9 @@ A file of 16 GiB apparent size holding 512 MiB of data in extents of 64 KiB to
 1 MiB, copied by ``synfast copy``, ``cp --sparse=auto``, ``cp --sparse=never``
 and Python's ``shutil.copyfile``.  Whole-process wall time (the interpreter's
 start-up counts against synfast, as it would for a user), page cache warm,
-contenders interleaved round by round after a warm-up round, medians, and the
-ratio against cp computed within each round.  Every output is checked for
+contenders interleaved round by round (order alternating, ``sync`` before each
+run so that one contender's writeback does not slow the next) after a warm-up
+round, medians, and the ratio against cp computed within each round.  Every output is checked for
 byte equality (through SEEK_DATA extents, so no hole is read) and its allocated
 size reported.
 
@@ -132,9 +133,16 @@ def main() -> int:
     ratios: dict[str, list[float]] = {name: [] for name in cmds}
     for rnd in range(args.runs + 1):  # round 0 is the warm-up
         walls = {}
-        for name, cmd in cmds.items():
+        names = list(cmds)
+        if rnd % 2:  # alternate the order so no contender always follows the same one
+            names.reverse()
+        for name in names:
+            cmd = cmds[name]
             if dst.exists():
                 dst.unlink()
+            # Flush the previous run's writes first (untimed): otherwise its
+            # writeback throttles whoever runs next.
+            os.sync()
             m = run_once(cmd)
             st = dst.stat()
             m["allocated"] = st.st_blocks * 512

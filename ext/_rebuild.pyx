@@ -43,6 +43,7 @@ from posix.time cimport clock_gettime, timespec as c_timespec, CLOCK_MONOTONIC
 
 from clmdb cimport *
 from sysio cimport fstat, stat, sync_file_range, SYNC_FILE_RANGE_WRITE, mallopt, M_TRIM_THRESHOLD
+from sysio cimport madvise, MADV_DONTNEED
 
 from synfast._lmdb import LmdbError
 
@@ -88,6 +89,9 @@ cdef struct Job:
     size_t txn_bytes
     size_t txn_entries
     int writeback_fd        # >= 0: start writeback of the output after each commit
+    void *src_map           # the source's read-only map, released as the copy goes
+    size_t src_map_len
+    size_t since_release    # bytes read from the source since the last release
     void *signal_box        # a Python list; an interrupt exception lands in it
     # named databases found in the source's main database, in key order
     NamedDB *named
@@ -274,6 +278,14 @@ cdef int _copy_db(Job *j, MDB_dbi sdbi, MDB_dbi ddbi, unsigned int flags, long d
             j.pending_entries += 1
             j.data_bytes += key.mv_size + val.mv_size
             j.pending_bytes += key.mv_size + val.mv_size + 16
+            j.since_release += key.mv_size + val.mv_size + 16
+            if j.since_release >= RELEASE_BYTES and j.src_map != NULL:
+                # Unmap the source pages read so far (they stay in the page
+                # cache; touching one again is a minor fault), or the resident
+                # size grows by the whole source.  Safe: the source is a
+                # read-only shared file mapping.
+                madvise(j.src_map, j.src_map_len, MADV_DONTNEED)
+                j.since_release = 0
             if j.pending_bytes >= j.txn_bytes or j.pending_entries >= j.txn_entries:
                 rc = _commit_and_renew(j, &dcur, ddbi, db)
                 if rc:
@@ -568,6 +580,10 @@ cdef class Snapshot:
         _job_init(&j)
         j.src_env = self.env
         j.src_txn = self.txn
+        span = _source_map(self.env)
+        if span is not None:
+            j.src_map = <void *><size_t>span[0]
+            j.src_map_len = <size_t>span[1]
         j.txn_bytes = txn_bytes
         j.txn_entries = txn_entries
         j.signal_box = <void *>box
@@ -668,6 +684,9 @@ cdef _raise_dst(path, int rc, operation):
 
 cdef void _job_init(Job *j) noexcept nogil:
     j.src_env = NULL
+    j.src_map = NULL
+    j.src_map_len = 0
+    j.since_release = 0
     j.src_txn = NULL
     j.dst_env = NULL
     j.txn_bytes = DEFAULT_TXN_BYTES_C
@@ -691,6 +710,38 @@ cdef void _job_init(Job *j) noexcept nogil:
     j.op = ""
     j.db_index = -2
 
+
+cdef object _source_map(MDB_env *env):
+    """(address, length) of the process's mapping of ``env``'s data file, from
+    /proc/self/maps, or None.  LMDB does not expose where it mapped a file
+    (mdb_env_info's me_mapaddr is only set for MDB_FIXEDMAP), and the rebuild
+    needs it to release source pages it has finished with."""
+    cdef int fd
+    cdef stat st
+    if mdb_env_get_fd(env, &fd) != 0 or fstat(fd, &st) != 0:
+        return None
+    import os
+    want_dev = (os.major(st.st_dev), os.minor(st.st_dev))
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                parts = line.split(None, 5)
+                if len(parts) < 6 or int(parts[4]) != st.st_ino:
+                    continue
+                major, minor = (int(x, 16) for x in parts[3].split(":"))
+                if (major, minor) != want_dev:
+                    continue
+                start, end = (int(x, 16) for x in parts[0].split("-"))
+                return start, end - start
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+# How much of the source is read between two releases of its mapped pages.
+# Each page fault maps up to 16 neighbouring cached pages (fault-around), so the
+# resident part of the map grows about ten times faster than the data read.
+cdef size_t RELEASE_BYTES = 8 << 20
 
 cdef size_t DEFAULT_TXN_BYTES_C = 32 << 20
 cdef size_t DEFAULT_TXN_ENTRIES_C = 200_000

@@ -77,6 +77,8 @@ cdef extern from "<sys/stat.h>" nogil:
         long tv_sec
         long tv_nsec
     struct stat:
+        unsigned long st_dev
+        unsigned long st_ino
         off_t st_size
         long st_blocks
         long st_blksize
@@ -105,3 +107,8 @@ cdef extern from "<sys/vfs.h>" nogil:
     struct statfs:
         long f_type
     int fstatfs(int fd, statfs *buf)
+
+cdef extern from "<sys/mman.h>" nogil:
+    enum:
+        MADV_DONTNEED
+    int madvise(void *addr, size_t length, int advice)

@@ -29,7 +29,6 @@ source, at that exact moment.
 from __future__ import annotations
 
 import ctypes
-import errno
 import fnmatch
 import os
 import platform
@@ -163,8 +162,9 @@ class _EnvCopier:
             except _lmdb.LmdbError as err:
                 if os.path.lexists(out):
                     os.unlink(out)
-                if err.code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS):
-                    raise from_oserror(OSError(err.code, os.strerror(err.code)), display) from err
+                code = lmdbenv.destination_errno(err.code, out)
+                if code is not None:
+                    raise from_oserror(OSError(code, os.strerror(code)), display) from err
                 raise lmdbenv._lmdb_error(err, e.env.data_path) from err
             except OSError as err:
                 if os.path.lexists(out):

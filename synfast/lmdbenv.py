@@ -11,6 +11,7 @@ does not reuse pages we are still copying.  ``lock.mdb`` is never copied.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import struct
@@ -229,6 +230,29 @@ def environment_info(path: str | os.PathLike[str]) -> EnvInfo:
     )
 
 
+DEST_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
+
+
+def destination_errno(code: int | None, out: str | os.PathLike[str]) -> int | None:
+    """The errno to report for an LMDB failure while writing ``out``.
+
+    LMDB turns a short write into EIO, and a write that fills the disk is
+    usually short; so an EIO with (almost) no space left where ``out`` is
+    written is reported as ENOSPC, with its fix.  Returns None when the
+    failure is not the destination's.
+    """
+    if code in DEST_ERRNOS:
+        return code
+    if code == errno.EIO:
+        try:
+            st = os.statvfs(os.path.dirname(os.path.abspath(out)))
+        except OSError:
+            return None
+        if st.f_bavail * st.f_frsize < (1 << 20):
+            return errno.ENOSPC
+    return None
+
+
 @dataclass(frozen=True)
 class EnvCopyResult:
     """What an environment copy produced.
@@ -264,7 +288,6 @@ def copy_environment(
     the copy fails, so a failed copy never leaves a file behind.  Errors on the
     destination side name ``display_dst`` (the final name) when given.
     """
-    import errno
 
     from synfast import _lmdb
     from synfast.errors import from_oserror
@@ -278,8 +301,9 @@ def copy_environment(
         try:
             raw = _lmdb.env_copy(os.fspath(src.path), fd, src.subdir, engine == "compact")
         except (_lmdb.LmdbError, OSError) as err:
-            code = getattr(err, "code", None) or getattr(err, "errno", None)
-            if code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS):
+            code = destination_errno(
+                getattr(err, "code", None) or getattr(err, "errno", None), dst)
+            if code is not None:
                 raise from_oserror(OSError(code, os.strerror(code)),
                                    display_dst or dst) from err
             raise _lmdb_error(err, src.data_path) from err

@@ -439,7 +439,6 @@ class _EnvEngines:
         if snap is None:
             return lmdbenv.copy_environment(e.env, out, engine=self.chosen[e.rel],
                                             mode=e.st.st_mode, display_dst=display)
-        import errno
 
         from synfast import _lmdb
 
@@ -449,8 +448,9 @@ class _EnvEngines:
         except _lmdb.LmdbError as err:
             if os.path.lexists(out):
                 os.unlink(out)
-            if err.code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS):
-                raise from_oserror(OSError(err.code, os.strerror(err.code)), display) from err
+            code = lmdbenv.destination_errno(err.code, out)
+            if code is not None:
+                raise from_oserror(OSError(code, os.strerror(code)), display) from err
             raise lmdbenv._lmdb_error(err, e.env.data_path) from err
         except BaseException:
             if os.path.lexists(out):

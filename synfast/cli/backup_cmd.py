@@ -9,9 +9,9 @@ from synfast.cli._app import app
 
 @app.command("backup")
 def backup_command(
-    src: str = typer.Argument(..., help="The service directory to back up."),
+    src: str = typer.Argument(..., metavar="SRC", help="The service directory to back up."),
     dst: str = typer.Argument(
-        ..., help="The backup's directory (must not exist); strftime fields such as "
+        ..., metavar="DST", help="The backup's directory (must not exist); strftime fields such as "
         "%Y%m%d are expanded."),
     lmdb_engine: str = typer.Option(
         None, "--lmdb-engine", metavar="ENGINE",
@@ -88,7 +88,8 @@ def backup_command(
 
 @app.command("verify")
 def verify_command(
-    backup: str = typer.Argument(..., help="A backup directory made by synfast backup."),
+    backup: str = typer.Argument(..., metavar="BACKUP",
+                                 help="A backup directory made by synfast backup."),
     no_checksum: bool = typer.Option(False, "--no-checksum",
                                      help="Skip reading contents (sizes, modes, walks only)."),
     jobs: int = typer.Option(0, "--jobs", "-j", min=0, help="Parallel checksums."),
@@ -118,8 +119,9 @@ def verify_command(
 
 @app.command("restore")
 def restore_command(
-    backup: str = typer.Argument(..., help="A backup directory made by synfast backup."),
-    service_dir: str = typer.Argument(..., help="Where the service lives."),
+    backup: str = typer.Argument(..., metavar="BACKUP",
+                                 help="A backup directory made by synfast backup."),
+    service_dir: str = typer.Argument(..., metavar="SERVICEDIR", help="Where the service lives."),
     no_verify: bool = typer.Option(False, "--no-verify", help="Do not verify the backup first."),
     force: bool = typer.Option(False, "--force", help="Restore even while a process has an "
                                "environment of SERVICEDIR open (destroys a running service)."),
@@ -147,7 +149,7 @@ def restore_command(
 
 @app.command("list")
 def list_command(
-    root: str = typer.Argument(..., help="The directory holding the backups."),
+    root: str = typer.Argument(..., metavar="ROOT", help="The directory holding the backups."),
     prefix: str = typer.Option("", "--prefix", help="Only backups whose name starts so."),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON array."),
 ) -> None:
@@ -172,7 +174,7 @@ def list_command(
 
 @app.command("prune")
 def prune_command(
-    root: str = typer.Argument(..., help="The directory holding the backups."),
+    root: str = typer.Argument(..., metavar="ROOT", help="The directory holding the backups."),
     keep_last: int = typer.Option(0, "--keep-last", min=0, help="Keep the N newest."),
     keep_daily: int = typer.Option(0, "--keep-daily", min=0,
                                    help="Keep the newest of each of the last D days."),

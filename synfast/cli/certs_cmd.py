@@ -55,7 +55,8 @@ def list_command(
 
 @certs_app.command("verify")
 def verify_command(
-    name: Annotated[str, typer.Argument(help="Certificate name.", show_default=False)],
+    name: Annotated[str, typer.Argument(metavar="NAME", help="Certificate name.",
+                                        show_default=False)],
     kind: Annotated[str | None, typer.Option(
         "--kind", metavar="KIND", help="ca, host, user or code (needed when NAME is several).")
     ] = None,

@@ -11,8 +11,9 @@ _MODES = "never, auto or always"
 
 @app.command("copy")
 def copy_command(
-    src: str = typer.Argument(..., help="File, LMDB environment or directory to copy."),
-    dst: str = typer.Argument(..., help="Exact path of the copy (must not exist)."),
+    src: str = typer.Argument(..., metavar="SRC",
+                              help="File, LMDB environment or directory to copy."),
+    dst: str = typer.Argument(..., metavar="DST", help="Exact path of the copy (must not exist)."),
     reflink: str = typer.Option(
         "auto", "--reflink", metavar="WHEN",
         help=f"Share blocks with the source (FICLONE): {_MODES}. As cp."),

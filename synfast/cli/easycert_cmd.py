@@ -15,6 +15,7 @@ _KEY_TYPES = ("rsa4096", "rsa2048", "ecdsa-p256")
 @app.command("easycert")
 def easycert_command(
     name: Annotated[str, typer.Argument(
+        metavar="NAME",
         help="Common name of the certificate (the CSR file to sign with --sign-csr, the file "
         "to import with --importfile, the CA with --crl).", show_default=False)],
     certdir: Annotated[str | None, typer.Option(

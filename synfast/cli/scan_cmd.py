@@ -9,7 +9,7 @@ from synfast.cli._app import app
 
 @app.command("scan")
 def scan_command(
-    path: str = typer.Argument(..., help="File or directory to scan."),
+    path: str = typer.Argument(..., metavar="PATH", help="File or directory to scan."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     exclude: list[str] = typer.Option([], "--exclude", metavar="GLOB",
                                       help="Leave out paths matching GLOB. Repeatable."),

@@ -15,6 +15,7 @@ url_app = typer.Typer(
 app.add_typer(url_app, name="url")
 
 _Url = Annotated[str, typer.Argument(
+    metavar="URL",
     help="A telepath URL, SCHEME://USER:PASSWD@HOST:PORT/PATH?KEY=VALUE&... (only SCHEME "
     "and HOST are required).", show_default=False)]
 _CertDirOpt = Annotated[str | None, typer.Option(

@@ -54,7 +54,7 @@ from synfast.errors import (
     UsageError,
     from_oserror,
 )
-from synfast.tree import Entry, Plan, _special_name
+from synfast.tree import Entry, Plan, walk_tree
 
 #: Directory names skipped at any depth unless ``include_tmp`` (as the Synapse tool does).
 DEFAULT_SKIP_DIRS = ("tmp", "backups")
@@ -194,58 +194,12 @@ def _walk(src: Path, exclude: tuple[str, ...],
     """Classify everything under ``src`` like :func:`synfast.tree.plan`, leaving
     out directories named in ``skip_dirs`` at any depth and paths matching
     ``exclude`` (a glob on the relative path, or on the name when it has no
-    ``/``).  Returns the plan and the relative paths left out."""
-    out = Plan(src)
+    ``/``).  Returns the plan and the relative paths left out.  Entries the
+    live service removes while we walk are passed over."""
     left_out: list[str] = []
-    stack: list[tuple[Path, str, os.stat_result]] = [(src, "", os.lstat(src))]
-    while stack:
-        path, rel, st = stack.pop()
-        out.entries.append(Entry(rel, "dir", st))
-        env = lmdbenv.check_environment_dir(path)
-        skip: set[str] = set()
-        if env is not None:
-            out.entries.append(Entry(_join(rel, "data.mdb"), "env", os.stat(env.data_path), env))
-            skip = {"data.mdb", "lock.mdb"}
-        try:
-            with os.scandir(path) as it:
-                children = sorted(it, key=lambda c: c.name)
-        except OSError as err:
-            raise from_oserror(err, path) from err
-        singles: set[str] = set()
-        pending: list[Entry] = []
-        subdirs = []
-        for child in children:
-            if child.name in skip:
-                continue
-            crel = _join(rel, child.name)
-            try:
-                cst = child.stat(follow_symlinks=False)
-            except FileNotFoundError:
-                continue  # gone since the listing: a live service's scratch file
-            mode = cst.st_mode
-            if _matches(crel, exclude) or (stat.S_ISDIR(mode) and child.name in skip_dirs):
-                left_out.append(crel)
-                continue
-            if stat.S_ISDIR(mode):
-                subdirs.append((Path(child.path), crel, cst))
-            elif stat.S_ISLNK(mode):
-                pending.append(Entry(crel, "symlink", cst))
-            elif stat.S_ISREG(mode):
-                loc = None
-                if cst.st_size >= lmdbenv.MIN_ENV_FILE and lmdbenv.read_meta(child.path):
-                    loc = lmdbenv.EnvLocation(Path(child.path), False)
-                    singles.add(child.name + "-lock")
-                pending.append(Entry(crel, "env" if loc else "file", cst, loc))
-            else:
-                pending.append(Entry(crel, "special", cst, special=_special_name(mode)))
-        out.entries.extend(e for e in pending
-                           if e.kind != "file" or e.rel.rsplit("/", 1)[-1] not in singles)
-        stack.extend(reversed(subdirs))
-    return out, left_out
-
-
-def _join(rel: str, name: str) -> str:
-    return f"{rel}/{name}" if rel else name
+    the_plan = walk_tree(src, excluded=(lambda rel: _matches(rel, exclude)) if exclude else None,
+                         skip_dirs=frozenset(skip_dirs), vanished_ok=True, left_out=left_out)
+    return the_plan, left_out
 
 
 def _matches(rel: str, patterns: tuple[str, ...]) -> bool:

@@ -15,6 +15,7 @@ import os
 import shutil
 import stat
 import time
+from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,10 +102,10 @@ def plan(source: str | os.PathLike[str], *, exclude: tuple[str, ...] = ()) -> Pl
         raise SourceMissing(src, "does not exist", "check the path") from err
     except OSError as err:
         raise from_oserror(err, src) from err
-    result = Plan(src)
     if stat.S_ISDIR(st.st_mode):
-        _walk_dir(src, "", st, result, exclude)
-    elif stat.S_ISREG(st.st_mode):
+        return walk_tree(src, excluded=(lambda rel: _excluded(rel, exclude)) if exclude else None)
+    result = Plan(src)
+    if stat.S_ISREG(st.st_mode):
         loc = lmdbenv.locate(src)
         if loc is not None and loc.subdir:
             # A data.mdb given on its own: copy its environment, through the
@@ -121,47 +122,71 @@ def plan(source: str | os.PathLike[str], *, exclude: tuple[str, ...] = ()) -> Pl
     return result
 
 
-def _walk_dir(path: Path, rel: str, st: os.stat_result, out: Plan,
-              exclude: tuple[str, ...]) -> None:
-    out.entries.append(Entry(rel, "dir", st))
-    env = lmdbenv.check_environment_dir(path)
-    skip: set[str] = set()
-    if env is not None:
-        out.entries.append(Entry(_join(rel, "data.mdb"), "env", os.stat(env.data_path), env))
-        skip = {"data.mdb", "lock.mdb"}
-    try:
-        with os.scandir(path) as it:
-            children = sorted(it, key=lambda e: e.name)
-    except OSError as err:
-        raise from_oserror(err, path) from err
-    subdirs: list[tuple[Path, str, os.stat_result]] = []
-    singles: set[str] = set()
-    pending: list[Entry] = []
-    for child in children:
-        if child.name in skip:
-            continue
-        crel = _join(rel, child.name)
-        if exclude and _excluded(crel, exclude):
-            continue
-        cst = child.stat(follow_symlinks=False)
-        mode = cst.st_mode
-        if stat.S_ISDIR(mode):
-            subdirs.append((Path(child.path), crel, cst))
-        elif stat.S_ISLNK(mode):
-            pending.append(Entry(crel, "symlink", cst))
-        elif stat.S_ISREG(mode):
-            loc = None
-            if cst.st_size >= lmdbenv.MIN_ENV_FILE and lmdbenv.read_meta(child.path):
-                loc = lmdbenv.EnvLocation(Path(child.path), False)
-                singles.add(child.name + "-lock")
-            pending.append(Entry(crel, "env" if loc else "file", cst, loc))
-        else:
-            pending.append(Entry(crel, "special", cst, special=_special_name(mode)))
-    # A single-file environment's lock file is named after it: leave it out.
-    out.entries.extend(e for e in pending if e.rel.rsplit("/", 1)[-1] not in singles
-                       or e.kind != "file")
-    for sub, crel, cst in subdirs:
-        _walk_dir(sub, crel, cst, out, exclude)
+def walk_tree(root: Path, *, excluded: Callable[[str], bool] | None = None,
+              skip_dirs: frozenset[str] = frozenset(), vanished_ok: bool = False,
+              left_out: list[str] | None = None) -> Plan:
+    """Classify everything under the directory ``root``, depth first, without
+    following symlinks.
+
+    ``excluded(rel)`` leaves a path out; so does ``skip_dirs`` for directories
+    of those names at any depth; what is left out is appended to ``left_out``.
+    With ``vanished_ok`` an entry removed between the listing and its stat (a
+    live service's scratch file) is passed over instead of failing the walk.
+    """
+    out = Plan(root)
+    stack: list[tuple[Path, str, os.stat_result]] = [(root, "", os.lstat(root))]
+    while stack:
+        path, rel, st = stack.pop()
+        out.entries.append(Entry(rel, "dir", st))
+        env = lmdbenv.check_environment_dir(path)
+        skip: set[str] = set()
+        if env is not None:
+            out.entries.append(Entry(_join(rel, "data.mdb"), "env", os.stat(env.data_path), env))
+            skip = {"data.mdb", "lock.mdb"}
+        try:
+            with os.scandir(path) as it:
+                children = sorted(it, key=lambda c: c.name)
+        except OSError as err:
+            raise from_oserror(err, path) from err
+        subdirs: list[tuple[Path, str, os.stat_result]] = []
+        singles: set[str] = set()
+        pending: list[Entry] = []
+        for child in children:
+            if child.name in skip:
+                continue
+            crel = _join(rel, child.name)
+            if excluded is not None and excluded(crel):
+                if left_out is not None:
+                    left_out.append(crel)
+                continue
+            try:
+                cst = child.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                if vanished_ok:
+                    continue
+                raise
+            mode = cst.st_mode
+            if stat.S_ISDIR(mode):
+                if child.name in skip_dirs:
+                    if left_out is not None:
+                        left_out.append(crel)
+                    continue
+                subdirs.append((Path(child.path), crel, cst))
+            elif stat.S_ISLNK(mode):
+                pending.append(Entry(crel, "symlink", cst))
+            elif stat.S_ISREG(mode):
+                loc = None
+                if cst.st_size >= lmdbenv.MIN_ENV_FILE and lmdbenv.read_meta(child.path):
+                    loc = lmdbenv.EnvLocation(Path(child.path), False)
+                    singles.add(child.name + "-lock")
+                pending.append(Entry(crel, "env" if loc else "file", cst, loc))
+            else:
+                pending.append(Entry(crel, "special", cst, special=_special_name(mode)))
+        # A single-file environment's lock file is named after it: leave it out.
+        out.entries.extend(e for e in pending
+                           if e.kind != "file" or e.rel.rsplit("/", 1)[-1] not in singles)
+        stack.extend(reversed(subdirs))
+    return out
 
 
 @dataclass

@@ -86,7 +86,9 @@ cdef class _ReadEnv:
             mdb_env_close(self.env)
             self.env = NULL
 
-    cdef int open(self, path, bint subdir, unsigned int maxdbs) except -1:
+    cdef int open(self, path, bint subdir, unsigned int maxdbs, bint nolock=False) except -1:
+        # nolock (MDB_NOLOCK) is only for a private copy no other process
+        # writes (a backup); never for a live environment.
         cdef bytes bpath
         cdef const char *cpath
         cdef unsigned int flags = MDB_RDONLY | MDB_NOTLS
@@ -96,6 +98,8 @@ cdef class _ReadEnv:
         cpath = bpath
         if not subdir:
             flags |= MDB_NOSUBDIR
+        if nolock:
+            flags |= MDB_NOLOCK
         rc = mdb_env_create(&self.env)
         if rc:
             self.env = NULL
@@ -183,6 +187,47 @@ def env_info(path, bint subdir=True):
     }
 
 
+cdef list _named_databases(path, MDB_txn *txn, MDB_dbi main_dbi):
+    """(label, dbi) of every named database, opened in ``txn``.
+
+    Named databases are the keys of the main database whose values are database
+    records; other keys of the main database are plain data.  Names that are
+    not valid UTF-8 are labelled ``"0x<hex>"``; names holding NUL bytes cannot
+    be opened through LMDB's API and are passed over.
+    """
+    cdef MDB_cursor *cur = NULL
+    cdef MDB_val key, val
+    cdef MDB_dbi dbi
+    cdef int rc
+    cdef bytes name
+    rc = mdb_cursor_open(txn, main_dbi, &cur)
+    if rc:
+        _fail(path, rc, "cursor_open")
+    names = []
+    rc = mdb_cursor_get(cur, &key, &val, MDB_FIRST)
+    while rc == 0:
+        names.append((<char *>key.mv_data)[:key.mv_size])
+        rc = mdb_cursor_get(cur, &key, &val, MDB_NEXT_NODUP)
+    mdb_cursor_close(cur)
+    if rc != MDB_NOTFOUND:
+        _fail(path, rc, "walk main database")
+    found = []
+    for name in names:
+        if b"\0" in name:
+            continue
+        rc = mdb_dbi_open(txn, name, 0, &dbi)
+        if rc == MDB_INCOMPATIBLE or rc == MDB_NOTFOUND:
+            continue          # a plain key of the main database
+        if rc:
+            _fail(path, rc, f"open database {name!r}")
+        try:
+            label = name.decode("utf-8")
+        except UnicodeDecodeError:
+            label = "0x" + name.hex()
+        found.append((label, dbi))
+    return found
+
+
 cdef dict _dbstat(MDB_txn *txn, MDB_dbi dbi):
     cdef MDB_stat st
     cdef unsigned int flags = 0
@@ -206,11 +251,8 @@ def env_databases(path, bint subdir=True):
     """
     cdef _ReadEnv e = _ReadEnv()
     cdef MDB_txn *txn = NULL
-    cdef MDB_cursor *cur = NULL
-    cdef MDB_val key, val
     cdef MDB_dbi dbi, main_dbi
     cdef int rc
-    cdef bytes name
     e.open(path, subdir, 32767)
     with nogil:
         rc = mdb_txn_begin(e.env, NULL, MDB_RDONLY, &txn)
@@ -221,36 +263,11 @@ def env_databases(path, bint subdir=True):
         if rc:
             _fail(path, rc, "open main database")
         result = {"txnid": mdb_txn_id(txn), "main": _dbstat(txn, main_dbi), "named": {}}
-        rc = mdb_cursor_open(txn, main_dbi, &cur)
-        if rc:
-            _fail(path, rc, "cursor_open")
-        names = []
-        rc = mdb_cursor_get(cur, &key, &val, MDB_FIRST)
-        while rc == 0:
-            names.append((<char *>key.mv_data)[:key.mv_size])
-            rc = mdb_cursor_get(cur, &key, &val, MDB_NEXT_NODUP)
-        mdb_cursor_close(cur)
-        cur = NULL
-        if rc != MDB_NOTFOUND:
-            _fail(path, rc, "walk main database")
-        for name in names:
-            if b"\0" in name:
-                continue
-            rc = mdb_dbi_open(txn, name, 0, &dbi)
-            if rc == MDB_INCOMPATIBLE or rc == MDB_NOTFOUND:
-                continue          # a plain key of the main database
-            if rc:
-                _fail(path, rc, f"open database {name!r}")
-            try:
-                label = name.decode("utf-8")
-            except UnicodeDecodeError:
-                label = "0x" + name.hex()
+        for label, dbi in _named_databases(path, txn, main_dbi):
             result["named"][label] = _dbstat(txn, dbi)
         result["main_plain_keys"] = result["main"]["entries"] - len(result["named"])
         return result
     finally:
-        if cur != NULL:
-            mdb_cursor_close(cur)
         mdb_txn_abort(txn)
 
 
@@ -374,32 +391,12 @@ def env_walk(path, bint subdir=True, bint nolock=True, bint walk=True):
     """
     cdef _ReadEnv e = _ReadEnv()
     cdef MDB_txn *txn = NULL
-    cdef MDB_cursor *cur = NULL
-    cdef MDB_val key, val
     cdef MDB_dbi dbi, main_dbi
     cdef MDB_stat st
     cdef MDB_envinfo info
     cdef int rc
     cdef size_t n = 0, vbytes = 0
-    cdef bytes bpath = _fs(path)
-    cdef const char *cpath = bpath
-    cdef unsigned int flags = MDB_RDONLY | MDB_NOTLS
-    if not subdir:
-        flags |= MDB_NOSUBDIR
-    if nolock:
-        flags |= MDB_NOLOCK
-    e.path = path
-    rc = mdb_env_create(&e.env)
-    if rc:
-        e.env = NULL
-        _fail(path, rc, "create")
-    rc = mdb_env_set_maxdbs(e.env, 32767)
-    if rc:
-        _fail(path, rc, "set_maxdbs")
-    with nogil:
-        rc = mdb_env_open(e.env, cpath, flags, 0o644)
-    if rc:
-        _fail(path, rc, "open")
+    e.open(path, subdir, 32767, nolock)
     e.check_not_truncated()
     mdb_env_info(e.env, &info)
     mdb_env_stat(e.env, &st)
@@ -422,30 +419,7 @@ def env_walk(path, bint subdir=True, bint nolock=True, bint walk=True):
         else:
             mdb_stat(txn, main_dbi, &st)
             result["main"] = {"entries": st.ms_entries, "value_bytes": None}
-        rc = mdb_cursor_open(txn, main_dbi, &cur)
-        if rc:
-            _fail(path, rc, "cursor_open")
-        names = []
-        rc = mdb_cursor_get(cur, &key, &val, MDB_FIRST)
-        while rc == 0:
-            names.append((<char *>key.mv_data)[:key.mv_size])
-            rc = mdb_cursor_get(cur, &key, &val, MDB_NEXT_NODUP)
-        mdb_cursor_close(cur)
-        cur = NULL
-        if rc != MDB_NOTFOUND:
-            _fail(path, rc, "walk main database")
-        for name in names:
-            if b"\0" in name:
-                continue
-            rc = mdb_dbi_open(txn, name, 0, &dbi)
-            if rc == MDB_INCOMPATIBLE or rc == MDB_NOTFOUND:
-                continue          # a plain key of the main database
-            if rc:
-                _fail(path, rc, f"open database {name!r}")
-            try:
-                label = name.decode("utf-8")
-            except UnicodeDecodeError:
-                label = "0x" + name.hex()
+        for label, dbi in _named_databases(path, txn, main_dbi):
             if walk:
                 with nogil:
                     rc = _walk_count(txn, dbi, &n, &vbytes)
@@ -457,8 +431,6 @@ def env_walk(path, bint subdir=True, bint nolock=True, bint walk=True):
                 result["named"][label] = {"entries": st.ms_entries, "value_bytes": None}
         return result
     finally:
-        if cur != NULL:
-            mdb_cursor_close(cur)
         mdb_txn_abort(txn)
 
 

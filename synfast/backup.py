@@ -261,14 +261,6 @@ def pause_point(name: str) -> None:
             time.sleep(0.05 if resume else 3600)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _drop_cache(path: Path) -> None:
     from synfast import _sparse
 
@@ -608,7 +600,7 @@ def backup(
             # manifest is still recognised as unfinished.
             os.unlink(dst / manifest.META_DIR / manifest.PARTIAL_MARKER)
             if fsync:
-                _fsync_dir(dst.parent)
+                files.fsync_dir(dst.parent)
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
             raise
@@ -772,7 +764,7 @@ def _execute(the_plan: Plan, tmp: Path, report: BackupReport, *, engine: str,
     for d in sorted(dirs, key=lambda d: d.rel.count("/") + (1 if d.rel else 0), reverse=True):
         files.apply_metadata(tmp / d.rel if d.rel else tmp, d.st)
         if fsync:
-            _fsync_dir(tmp / d.rel if d.rel else tmp)
+            files.fsync_dir(tmp / d.rel if d.rel else tmp)
 
     envs_out = [env_records[k] for k in sorted(env_records)]
     times = [manifest.parse_iso(e["snapshot_time"]) for e in envs_out]
@@ -826,7 +818,7 @@ def _execute(the_plan: Plan, tmp: Path, report: BackupReport, *, engine: str,
     manifest.write_json_durably(meta / manifest.MANIFEST, doc, fsync=fsync)
     os.utime(meta, ns=(time.time_ns(), time.time_ns()))
     if fsync:
-        _fsync_dir(tmp)
+        files.fsync_dir(tmp)
     report.manifest = doc
     report.checksum_seconds = cks_time[0]
 
@@ -963,7 +955,7 @@ def restore(
             target = partial / d["path"] if d["path"] else partial
             files.apply_metadata(target, os.lstat(bdir / d["path"] if d["path"] else bdir))
             if fsync:
-                _fsync_dir(target)
+                files.fsync_dir(target)
         if not force:
             _check_not_in_use(service)   # again: the service may have started meanwhile
         from synfast import _sparse
@@ -979,7 +971,7 @@ def restore(
             report.moved_aside = old
         _sparse.rename_noreplace(partial, service)
         if fsync:
-            _fsync_dir(service.parent)
+            files.fsync_dir(service.parent)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise

@@ -36,10 +36,8 @@ or ``compact``.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import secrets
-import shutil
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -55,6 +53,7 @@ from synfast.errors import (
     SynfastError,
     from_oserror,
 )
+from synfast.files import fsync_dir, remove_path
 
 __all__ = [
     "ENGINES",
@@ -174,22 +173,6 @@ def open_snapshots(paths: Iterable[str | os.PathLike[str]]) -> list[Snapshot]:
     return snaps
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-
-
 def rebuild_environment(
     src: str | os.PathLike[str],
     dst: str | os.PathLike[str],
@@ -229,14 +212,14 @@ def rebuild_environment(
         try:
             report = snap.rebuild(os.fspath(tmp), **options)
             if report["subdir"]:
-                _fsync_dir(tmp)
+                fsync_dir(tmp)
             from synfast._sparse import rename_noreplace
 
             rename_noreplace(os.fspath(tmp), os.fspath(dst))
         except BaseException:
-            _remove(tmp)
+            remove_path(tmp)
             raise
-        _fsync_dir(parent)
+        fsync_dir(parent)
     except LmdbError as err:
         raise _lmdb_error(err) from None
     except FileExistsError:

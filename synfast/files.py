@@ -9,6 +9,7 @@ metadata, and turning "the source changed while we copied it" into an error.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -263,6 +264,27 @@ def place(tmp: Path, dst: Path, *, force: bool) -> None:
             os.unlink(tmp)
         return
     os.replace(tmp, dst)
+
+
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """fsync a directory, so the names created or renamed in it are durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_path(path: str | os.PathLike[str]) -> None:
+    """Remove a file, a symlink or a whole directory tree; a missing path is fine
+    (used to clean up our own temporary output)."""
+    import shutil
+
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
 
 
 def temp_sibling(dst: Path, directory: bool) -> Path:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import fnmatch
 import os
-import shutil
 import stat
 import time
 from collections.abc import Callable
@@ -293,30 +292,15 @@ def copy(
         _execute(the_plan, tmp, report, reflink=reflink, sparse=sparse, engine=lmdb_engine,
                  jobs=jobs, fsync=fsync, cfr=copy_file_range, preserve=preserve)
         if fsync:
-            _fsync_dir(dst.parent)
+            files.fsync_dir(dst.parent)
         files.place(tmp, dst, force=force)
         if fsync:
-            _fsync_dir(dst.parent)
+            files.fsync_dir(dst.parent)
     except BaseException:
-        _remove(tmp)
+        files.remove_path(tmp)
         raise
     report.seconds = time.monotonic() - started
     return report
-
-
-def _remove(path: Path) -> None:
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path, ignore_errors=True)
-    elif os.path.lexists(path):
-        os.unlink(path)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _target(tmp: Path, rel: str) -> Path:
@@ -400,7 +384,7 @@ def _execute(the_plan: Plan, tmp: Path, report: CopyReport, *, reflink: str, spa
         else:
             os.chmod(target, stat.S_IMODE(d.st.st_mode) | 0o700)
         if fsync:
-            _fsync_dir(target)
+            files.fsync_dir(target)
 
     for e in work:
         report.source_apparent += e.st.st_size

@@ -407,6 +407,9 @@ cdef class Snapshot:
             self.begin()
 
     def __dealloc__(self):
+        self._release()
+
+    cdef void _release(self) noexcept:
         if self.txn != NULL:
             mdb_txn_abort(self.txn)
             self.txn = NULL
@@ -473,12 +476,7 @@ cdef class Snapshot:
 
     def close(self):
         """End the read transaction and close the environment (idempotent)."""
-        if self.txn != NULL:
-            mdb_txn_abort(self.txn)
-            self.txn = NULL
-        if self.env != NULL:
-            mdb_env_close(self.env)
-            self.env = NULL
+        self._release()
 
     def __enter__(self):
         return self

@@ -318,27 +318,7 @@ def lock_holder(lock_path):
     Closing the descriptor drops this process's locks on the file, so never call
     it for an environment this process has open.
     """
-    cdef bytes b = _fs(lock_path)
-    cdef const char *p = b
-    cdef flock fl
-    cdef int fd, rc
-    with nogil:
-        fd = c_open(p, O_RDONLY | O_CLOEXEC)
-    if fd < 0:
-        raise OSError(errno, "cannot open lock file", lock_path)
-    memset(&fl, 0, sizeof(fl))
-    fl.l_type = F_WRLCK
-    fl.l_whence = SEEK_SET
-    fl.l_start = 0
-    fl.l_len = 1
-    rc = fcntl(fd, F_GETLK, &fl)
-    err = errno
-    c_close(fd)
-    if rc != 0:
-        raise OSError(err, "F_GETLK failed", lock_path)
-    if fl.l_type == F_UNLCK:
-        return 0
-    return fl.l_pid
+    return lock_state(lock_path)[1]
 
 
 cdef bytes _fs(path):

@@ -39,7 +39,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,7 +53,7 @@ from synfast.errors import (
     UsageError,
     from_oserror,
 )
-from synfast.tree import Entry, Plan, walk_tree
+from synfast.tree import Entry, Plan, run_all, walk_tree
 
 #: Directory names skipped at any depth unless ``include_tmp`` (as the Synapse tool does).
 DEFAULT_SKIP_DIRS = ("tmp", "backups")
@@ -733,18 +732,8 @@ def _execute(the_plan: Plan, tmp: Path, report: BackupReport, *, engine: str,
             finish(e, out, facts["bytes_written"])
 
         workers = max(1, jobs or min(4, os.cpu_count() or 1))
-        if workers == 1 or len(work) <= 1:
-            for e in work:
-                (do_env if e.kind == "env" else do_file)(e)
-        else:
-            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="synfast-bk") as pool:
-                futures = [pool.submit(do_env if e.kind == "env" else do_file, e) for e in work]
-                _, pending = wait(futures, return_when=FIRST_EXCEPTION)
-                for f in pending:
-                    f.cancel()
-                for f in futures:
-                    if f.done() and not f.cancelled() and f.exception() is not None:
-                        raise f.exception()  # type: ignore[misc]
+        run_all(lambda e: (do_env if e.kind == "env" else do_file)(e), work, workers,
+                "synfast-bk")
     finally:
         copier.close()
 
@@ -937,14 +926,7 @@ def restore(
                                 display_dst=service / e["path"])
 
         workers = max(1, jobs or min(4, os.cpu_count() or 1))
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="synfast-rs") as pool:
-            futures = [pool.submit(do, e) for e in regular]
-            _, pending = wait(futures, return_when=FIRST_EXCEPTION)
-            for f in pending:
-                f.cancel()
-            for f in futures:
-                if f.done() and not f.cancelled() and f.exception() is not None:
-                    raise f.exception()  # type: ignore[misc]
+        run_all(do, regular, workers, "synfast-rs")
         for e in entries:
             if e["type"] == "symlink":
                 link = partial / e["path"]

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 from synfast import files, lmdbenv
 from synfast.errors import (
@@ -31,6 +31,7 @@ from synfast.errors import (
 )
 
 Kind = Literal["dir", "file", "env", "symlink", "special"]
+T = TypeVar("T")
 
 #: LMDB engines of ``synfast copy``; see :class:`_EnvEngines`.
 ENGINES = ("auto", "rebuild", "compact", "raw")
@@ -348,19 +349,8 @@ def _execute(the_plan: Plan, tmp: Path, report: CopyReport, *, reflink: str, spa
     workers = max(1, jobs or min(4, os.cpu_count() or 1))
     try:
         envs.prepare([e for e in work if e.kind == "env"])
-        if workers == 1 or len(work) <= 1:
-            for e in work:
-                (do_env if e.kind == "env" else do_file)(e)
-        else:
-            with ThreadPoolExecutor(max_workers=workers,
-                                    thread_name_prefix="synfast-copy") as pool:
-                futures = [pool.submit(do_env if e.kind == "env" else do_file, e) for e in work]
-                done, pending = wait(futures, return_when=FIRST_EXCEPTION)
-                for f in pending:
-                    f.cancel()
-                for f in futures:
-                    if f.done() and not f.cancelled() and f.exception() is not None:
-                        raise f.exception()  # type: ignore[misc]
+        run_all(lambda e: (do_env if e.kind == "env" else do_file)(e), work, workers,
+                "synfast-copy")
     finally:
         envs.close()
 
@@ -400,6 +390,24 @@ def _execute(the_plan: Plan, tmp: Path, report: CopyReport, *, reflink: str, spa
     # Results name the temporary tree; report the final names instead.
     report.files = [_renamed(r, tmp, report.destination) for r in report.files]
     report.environments = [_renamed(r, tmp, report.destination) for r in report.environments]
+
+
+def run_all(fn: Callable[[T], object], items: list[T], workers: int, name: str) -> None:
+    """Call ``fn`` on every item, ``workers`` at a time (in order when one).  The
+    first failure cancels what has not started, waits for what has, and is
+    raised."""
+    if workers <= 1 or len(items) <= 1:
+        for item in items:
+            fn(item)
+        return
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name) as pool:
+        futures = [pool.submit(fn, item) for item in items]
+        _, pending = wait(futures, return_when=FIRST_EXCEPTION)
+        for f in pending:
+            f.cancel()
+        for f in futures:
+            if f.done() and not f.cancelled() and f.exception() is not None:
+                raise f.exception()  # type: ignore[misc]
 
 
 class _EnvEngines:

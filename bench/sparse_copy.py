@@ -107,8 +107,8 @@ def same_content(a: Path, b: Path) -> bool:
 def contenders(src: Path, dst: Path) -> dict[str, list[str]]:
     return {
         "synfast copy": [*SYNFAST, "copy", "--quiet", str(src), str(dst)],
-        "synfast copy --copy-file-range=never": [
-            *SYNFAST, "copy", "--quiet", "--copy-file-range=never", str(src), str(dst)],
+        "synfast copy --copy-file-range=always": [
+            *SYNFAST, "copy", "--quiet", "--copy-file-range=always", str(src), str(dst)],
         "cp --sparse=auto": ["cp", "--sparse=auto", str(src), str(dst)],
         "cp --sparse=never": ["cp", "--sparse=never", str(src), str(dst)],
         "shutil.copyfile": [sys.executable, "-c",
@@ -134,13 +134,15 @@ def main() -> int:
                     help="fraction of the 16 GiB / 512 MiB file to use (0.01 for a quick run)")
     ap.add_argument("--dir", type=Path, default=ROOT / "bench" / ".cache")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--skip", default="", help="comma-separated contender names to leave out")
     args = ap.parse_args()
     args.dir.mkdir(parents=True, exist_ok=True)
     apparent, data = int((16 << 30) * args.scale), int((512 << 20) * args.scale)
     src = args.dir / f"sparse-{apparent}-{data}.bin"
     make_sparse(src, apparent, data)
     dst = args.dir / "sparse-copy.bin"
-    cmds = contenders(src, dst)
+    skip = {n.strip() for n in args.skip.split(",") if n.strip()}
+    cmds = {n: c for n, c in contenders(src, dst).items() if n not in skip}
     results: dict[str, list[dict]] = {name: [] for name in cmds}
     ratios: dict[str, list[float]] = {name: [] for name in cmds}
     for rnd in range(args.runs + 1):  # round 0 is the warm-up

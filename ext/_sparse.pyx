@@ -16,7 +16,8 @@ from sysio cimport (
     SEEK_SET, SEEK_CUR, SEEK_DATA, SEEK_HOLE, AT_FDCWD,
     RENAME_EXCHANGE, RENAME_NOREPLACE, FICLONE, POSIX_FADV_DONTNEED,
     lseek, pread, pwrite, ftruncate, copy_file_range, renameat2, ioctl,
-    posix_fadvise, fstat, stat,
+    posix_fadvise, fstat, stat, fstatfs, statfs,
+    splice, pipe2, fcntl, close, read, F_SETPIPE_SZ, F_GETPIPE_SZ, SPLICE_F_MOVE, O_CLOEXEC,
 )
 cimport sysio
 
@@ -50,6 +51,7 @@ cdef struct CopyStats:
     off_t since_signal_check
     int used_reflink
     int used_cfr
+    int used_splice
     int used_rw
     int cfr_refused_errno
     int short_read            # the source ended before the size seen at the start
@@ -233,6 +235,75 @@ cdef int copy_range_cfr(int src, int dst, off_t *pos, off_t end, CopyStats *st,
     return 0
 
 
+cdef int drain_pipe(int pipe_r, int dst, off_t *out_off, size_t n, char *buf, size_t bufsize,
+                    CopyStats *st) noexcept nogil:
+    """Move the n bytes left in the pipe to dst with read/pwrite (the
+    destination refused splice after the source had filled the pipe)."""
+    cdef ssize_t r
+    cdef int rc
+    while n > 0:
+        r = read(pipe_r, buf, bufsize if bufsize < n else n)
+        if r < 0:
+            if errno == EINTR:
+                continue
+            return errno
+        if r == 0:
+            return EIO
+        rc = write_all(dst, buf, <size_t>r, out_off[0])
+        if rc:
+            return rc
+        out_off[0] += r
+        st.bytes_written += r
+        n -= <size_t>r
+    return 0
+
+
+cdef int copy_range_splice(int src, int dst, off_t *pos, off_t end, int pipe_r, int pipe_w,
+                           size_t pipe_size, char *buf, size_t bufsize, CopyStats *st,
+                           bint *refused) except -1 nogil:
+    """Copy [pos, end) through a pipe with splice(2): the source's page-cache
+    pages go into the pipe by reference and are copied once, into the
+    destination, in writes as large as the pipe (1 MiB), which large
+    page-cache folios reward.  On EINVAL (a filesystem without splice) set
+    *refused and return with *pos at the first byte not yet in the
+    destination, so the caller can finish with pread/pwrite."""
+    cdef ssize_t n, w
+    cdef size_t want, left
+    cdef off_t out_off
+    cdef int rc
+    while pos[0] < end:
+        want = pipe_size if <off_t>pipe_size < end - pos[0] else <size_t>(end - pos[0])
+        out_off = pos[0]
+        n = splice(src, pos, pipe_w, NULL, want, SPLICE_F_MOVE)
+        if n < 0:
+            if errno == EINTR:
+                continue
+            if errno == EINVAL:
+                refused[0] = True
+                return 0
+            return errno
+        if n == 0:
+            st.short_read = 1
+            return 0
+        left = <size_t>n
+        while left > 0:
+            w = splice(pipe_r, NULL, dst, &out_off, left, SPLICE_F_MOVE)
+            if w < 0:
+                if errno == EINTR:
+                    continue
+                if errno == EINVAL:
+                    refused[0] = True
+                    return drain_pipe(pipe_r, dst, &out_off, left, buf, bufsize, st)
+                return errno
+            if w == 0:
+                return EIO
+            left -= <size_t>w
+            st.bytes_written += w
+        st.used_splice = 1
+        maybe_check_signals(st, n)
+    return 0
+
+
 cdef int fill_zeros(int dst, off_t start, off_t end, const char *zeros, size_t bufsize,
                     CopyStats *st) except -1 nogil:
     """Write explicit zeros over [start, end) (sparse=never never leaves a hole)."""
@@ -250,12 +321,14 @@ cdef int fill_zeros(int dst, off_t start, off_t end, const char *zeros, size_t b
 
 
 cdef int do_copy(int src, int dst, off_t size, int reflink, int sparse, bint allow_cfr,
+                 int pipe_r, int pipe_w, size_t pipe_size,
                  char *buf, size_t bufsize, size_t blk, ExtentList *ext,
                  CopyStats *st) except -1 nogil:
     cdef int rc
     cdef Py_ssize_t k
     cdef off_t start, length, pos, prev_end = 0
     cdef bint refused = False
+    cdef bint splice_refused = pipe_r < 0 or sparse == C_ALWAYS
     cdef bint use_cfr = allow_cfr and sparse != C_ALWAYS and reflink != C_NEVER
 
     rc = scan_extents(src, size, ext)
@@ -284,6 +357,11 @@ cdef int do_copy(int src, int dst, off_t size, int reflink, int sparse, bint all
         pos = start
         if use_cfr and not refused:
             rc = copy_range_cfr(src, dst, &pos, start + length, st, &refused)
+            if rc:
+                return rc
+        if pos < start + length and not st.short_read and not splice_refused:
+            rc = copy_range_splice(src, dst, &pos, start + length, pipe_r, pipe_w, pipe_size,
+                                   buf + bufsize, bufsize, st, &splice_refused)
             if rc:
                 return rc
         if pos < start + length and not st.short_read:
@@ -337,11 +415,14 @@ def extents(int fd):
 
 
 def copy_fd(int src_fd, int dst_fd, *, int reflink=AUTO, int sparse=AUTO,
-            bint allow_copy_file_range=True, size_t bufsize=1 << 20,
+            bint allow_copy_file_range=True, bint allow_splice=True, size_t bufsize=1 << 20,
             long long expected_size=-1, long long expected_mtime_ns=-1):
     """Copy the regular file open on ``src_fd`` into the empty file ``dst_fd``.
 
-    reflink and sparse take NEVER, AUTO or ALWAYS.  Returns a dict of what was
+    reflink and sparse take NEVER, AUTO or ALWAYS.  Data moves by FICLONE,
+    else copy_file_range (if allowed), else splice through a pipe of
+    ``bufsize`` (if allowed; not with sparse=ALWAYS, which must see the
+    bytes), else pread/pwrite with a ``bufsize`` buffer.  Returns a dict of what was
     done; ``changed`` is true when the source's size or mtime moved during the
     copy (or differs from the expected values the caller saw earlier), in which
     case the destination must not be trusted.
@@ -353,6 +434,8 @@ def copy_fd(int src_fd, int dst_fd, *, int reflink=AUTO, int sparse=AUTO,
     cdef int rc = 0
     cdef size_t blk = 4096
     cdef off_t size
+    cdef int pipefd[2]
+    cdef int psize
     if reflink not in (NEVER, AUTO, ALWAYS) or sparse not in (NEVER, AUTO, ALWAYS):
         raise ValueError("reflink and sparse take NEVER, AUTO or ALWAYS")
     if reflink == ALWAYS and sparse != AUTO:
@@ -373,9 +456,27 @@ def copy_fd(int src_fd, int dst_fd, *, int reflink=AUTO, int sparse=AUTO,
     buf = <char *>calloc(2, bufsize)
     if buf == NULL:
         raise MemoryError()
+    pipefd[0] = -1
+    pipefd[1] = -1
+    psize = 0
+    if allow_splice and sparse != ALWAYS and size > 0:
+        if pipe2(pipefd, O_CLOEXEC) == 0:
+            # As large as the buffer; an unprivileged user past the pipe quota
+            # keeps a smaller pipe, which still works.
+            fcntl(pipefd[1], F_SETPIPE_SZ, <int>bufsize)
+            psize = fcntl(pipefd[1], F_GETPIPE_SZ)
+            if psize <= 0:
+                close(pipefd[0])
+                close(pipefd[1])
+                pipefd[0] = -1
+                pipefd[1] = -1
+        else:
+            pipefd[0] = -1
+            pipefd[1] = -1
     try:
         with nogil:
             rc = do_copy(src_fd, dst_fd, size, reflink, sparse, allow_copy_file_range,
+                         pipefd[0], pipefd[1], <size_t>psize,
                          buf, bufsize, blk, &ext, &cs)
             if rc == 0 and fstat(src_fd, &st1) != 0:
                 rc = errno
@@ -392,14 +493,11 @@ def copy_fd(int src_fd, int dst_fd, *, int reflink=AUTO, int sparse=AUTO,
         )
         if cs.used_reflink:
             method = "reflink"
-        elif cs.used_cfr and cs.used_rw:
-            method = "copy_file_range+read-write"
-        elif cs.used_cfr:
-            method = "copy_file_range"
-        elif cs.used_rw:
-            method = "read-write"
         else:
-            method = "none"
+            used = [name for name, flag in (("copy_file_range", cs.used_cfr),
+                                            ("splice", cs.used_splice),
+                                            ("read-write", cs.used_rw)) if flag]
+            method = "+".join(used) or "none"
         return {
             "size": size,
             "size_after": st1.st_size,
@@ -416,6 +514,9 @@ def copy_fd(int src_fd, int dst_fd, *, int reflink=AUTO, int sparse=AUTO,
     finally:
         free(buf)
         free(ext.v)
+        if pipefd[0] >= 0:
+            close(pipefd[0])
+            close(pipefd[1])
 
 
 def rename_noreplace(src, dst):
@@ -442,6 +543,17 @@ def rename_exchange(a, b):
         rc = renameat2(AT_FDCWD, px, AT_FDCWD, py, RENAME_EXCHANGE)
     if rc != 0:
         raise OSError(errno, _strerror(errno), a, None, b)
+
+
+def fs_magic(int fd):
+    """The filesystem type (``statfs.f_type``, e.g. 0xEF53 for ext4) of ``fd``."""
+    cdef statfs sfs
+    cdef int rc
+    with nogil:
+        rc = fstatfs(fd, &sfs)
+    if rc != 0:
+        raise OSError(errno, _strerror(errno))
+    return <unsigned long>sfs.f_type & 0xFFFFFFFF
 
 
 def drop_cache(int fd, long long offset=0, long long length=0):

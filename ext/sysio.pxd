@@ -89,6 +89,16 @@ cdef extern from "<sys/stat.h>" nogil:
 
 cdef extern from "<unistd.h>" nogil:
     int close(int fd)
+    ssize_t read(int fd, void *buf, size_t count)
+    int pipe2(int pipefd[2], int flags)
+
+cdef extern from "<fcntl.h>" nogil:
+    enum:
+        F_SETPIPE_SZ
+        F_GETPIPE_SZ
+        SPLICE_F_MOVE
+    ssize_t splice(int fd_in, off_t *off_in, int fd_out, off_t *off_out, size_t len,
+                   unsigned int flags)
 
 cdef extern from "<fcntl.h>" nogil:
     enum:

@@ -13,7 +13,6 @@ import contextlib
 import errno
 import os
 import stat
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -49,15 +48,33 @@ def check_modes(reflink: str, sparse: str, copy_file_range: str = "auto") -> Non
             f"--sparse={sparse}", "drop --sparse or use --reflink=auto")
 
 
-def use_copy_file_range(mode: str, reflink: str) -> bool:
-    """Whether data may move with copy_file_range (one copy inside the kernel,
-    or a server-side copy on NFS/SMB) instead of pread/pwrite (two copies
-    through user space).  ``auto`` uses it unless ``reflink=never``: on XFS and
-    btrfs copy_file_range may share blocks, which ``never`` rules out.  Where
-    the kernel refuses it the copy falls back to pread/pwrite on its own."""
+#: Filesystems where copy_file_range is a server-side copy (the data never
+#: crosses the network twice): NFS, SMB2, CIFS, Ceph.
+SERVER_SIDE_COPY_FS = frozenset({0x6969, 0xFE534D42, 0xFF534D42, 0x00C36400})
+
+
+def use_copy_file_range(mode: str, reflink: str, dst_fd: int | None = None) -> bool:
+    """Whether data moves with copy_file_range instead of splice.
+
+    ``auto`` uses it only where it does something a splice cannot: a
+    server-side copy on a network filesystem (:data:`SERVER_SIDE_COPY_FS`,
+    judged by ``dst_fd``'s filesystem).  Block sharing, its other advantage, is
+    already tried first with FICLONE.  On a local filesystem copy_file_range is
+    the kernel's own splice through a 64 KiB pipe; our splice through a 1 MiB
+    pipe measured faster (512 MiB of extents on ext4, Linux 6.18: 0.26 s
+    against 0.34 s; pread/pwrite 0.28 s), as large writes get large page-cache
+    folios.  ``--reflink=never`` always rules it out: on XFS and btrfs it may
+    share blocks.  Where the kernel refuses it the copy falls back by itself."""
     if mode != "auto":
         return mode == "always"
-    return reflink != "never"
+    if reflink == "never" or dst_fd is None:
+        return False
+    from synfast import _sparse
+
+    try:
+        return _sparse.fs_magic(dst_fd) in SERVER_SIDE_COPY_FS
+    except OSError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -153,7 +170,7 @@ def copy_open_file(
     try:
         raw = _sparse.copy_fd(
             src_fd, dst_fd, reflink=_MODE_CODE[reflink], sparse=_MODE_CODE[sparse],
-            allow_copy_file_range=use_copy_file_range(copy_file_range, reflink),
+            allow_copy_file_range=use_copy_file_range(copy_file_range, reflink, dst_fd),
             expected_size=expected.st_size if expected is not None else -1,
             expected_mtime_ns=expected.st_mtime_ns if expected is not None else -1,
         )
@@ -289,14 +306,20 @@ def remove_path(path: str | os.PathLike[str]) -> None:
 
 def temp_sibling(dst: Path, directory: bool) -> Path:
     """A fresh hidden name beside ``dst`` for building it (same filesystem, so the
-    final rename is atomic)."""
-    prefix = f".{dst.name}."
-    if directory:
-        return Path(tempfile.mkdtemp(prefix=prefix, suffix=".synfast-partial", dir=dst.parent))
-    fd, name = tempfile.mkstemp(prefix=prefix, suffix=".synfast-partial", dir=dst.parent)
-    os.close(fd)
-    os.unlink(name)
-    return Path(name)
+    final rename is atomic).  A directory is created (mode 0700); for a file only
+    the name is reserved, since the copier creates it exclusively itself.  Not
+    :mod:`tempfile`: importing it costs the command line 7 ms of start-up."""
+    for _ in range(100):
+        name = dst.parent / f".{dst.name}.{os.urandom(6).hex()}.synfast-partial"
+        if directory:
+            try:
+                os.mkdir(name, 0o700)
+            except FileExistsError:
+                continue
+            return name
+        if not os.path.lexists(name):
+            return name
+    raise FileExistsError(errno.EEXIST, "no free temporary name", str(dst.parent))
 
 
 def copy_file(

@@ -23,8 +23,8 @@ def copy_command(
         f"writes every byte. As cp. ({_MODES})"),
     copy_file_range: str = typer.Option(
         "auto", "--copy-file-range", metavar="WHEN",
-        help="Move data with copy_file_range (inside the kernel) instead of pread/pwrite: "
-        f"auto uses it unless --reflink=never, as it may share blocks. ({_MODES})"),
+        help="Move data with copy_file_range instead of splice: auto uses it only for a "
+        f"server-side copy on NFS, SMB or Ceph, never with --reflink=never. ({_MODES})"),
     lmdb_engine: str = typer.Option(
         "auto", "--lmdb-engine", metavar="ENGINE",
         help="How LMDB environments are copied: rebuild (native, in key order, smallest "

@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.synfast-installed
-BUILD_INPUTS := pyproject.toml setup.py $(wildcard ext/*.pyx ext/*.pxd)
+BUILD_INPUTS := pyproject.toml setup.py $(wildcard ext/*.pyx ext/*.pxd ext/*.h)
 
 .PHONY: demo test sysdeps install lint bench clean
 

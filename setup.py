@@ -42,6 +42,7 @@ def extensions() -> list[Extension]:
     common = dict(
         define_macros=[("_GNU_SOURCE", "1"), ("_FILE_OFFSET_BITS", "64")],
         extra_compile_args=["-O2", "-Wall", *cflags],
+        include_dirs=["ext"],
     )
     exts = [
         Extension("synfast._sparse", ["ext/_sparse.pyx"], **common),
@@ -52,6 +53,7 @@ def extensions() -> list[Extension]:
             **common,
         ),
         Extension("synfast._rebuild", ["ext/_rebuild.pyx"], extra_link_args=libs, **common),
+        Extension("synfast._hash", ["ext/_hash.pyx"], depends=["ext/blake2b4.h"], **common),
     ]
     return cythonize(
         exts,

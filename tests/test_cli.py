@@ -3,6 +3,7 @@ and stderr checked."""
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import shutil
@@ -61,6 +62,24 @@ def test_version_and_entry_points() -> None:
         assert out.stdout.strip() == f"synfast {__version__}"
     help_text = run_cli("--help").stdout
     assert "copy" in help_text and "scan" in help_text
+
+
+def test_every_command_is_listed_and_only_the_one_run_is_loaded() -> None:
+    from synfast.cli import COMMANDS
+
+    help_lines = run_cli("--help").stdout.splitlines()
+    listed = [line.split()[0] for line in help_lines[help_lines.index("Commands:") + 1:]
+              if line.strip()]
+    assert listed == list(COMMANDS)
+    # a command's run imports its own module and not the others' (start-up time)
+    probe = ("import sys, synfast.cli as c; c.load_commands(sys.argv[1:]); "
+             "print(sorted(m for m in sys.modules if m.endswith('_cmd')))")
+    out = subprocess.run([sys.executable, "-c", probe, "--debug", "copy", "a", "b"],
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['synfast.cli.copy_cmd']"
+    out = subprocess.run([sys.executable, "-c", probe, "--help"],
+                         capture_output=True, text=True, check=True).stdout
+    assert len(ast.literal_eval(out)) == len(set(COMMANDS.values()))
 
 
 def test_copy_of_a_service_directory(tmp_path: Path) -> None:

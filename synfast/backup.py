@@ -648,18 +648,22 @@ def _execute(the_plan: Plan, tmp: Path, report: BackupReport, *, engine: str,
         mid_file_hook = os.environ.get(PAUSE_ENV) == "mid-file"
 
         def finish(e: Entry, out: Path, written: int) -> None:
+            from synfast import _sparse
+
             fd = os.open(out, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
             try:
                 files.apply_metadata(fd, e.st)
                 if fsync:
-                    os.fsync(fd)
+                    # Writeback runs while the checksum reads the pages from the
+                    # cache; the fsync after it then has little left to wait for.
+                    _sparse.start_writeback(fd)
                 ost = os.fstat(fd)
                 c0 = time.monotonic()
                 digest = manifest.checksum_fd(fd) if checksum else None
                 c1 = time.monotonic()
+                if fsync:
+                    os.fsync(fd)
                 if drop:
-                    from synfast import _sparse
-
                     _sparse.drop_cache(fd)
             finally:
                 os.close(fd)

@@ -34,6 +34,15 @@ cdef enum:
 
 cdef bint HAVE_AVX2 = sf_b2_have_avx2() != 0
 
+cdef enum:
+    C_ONE_LANE = 0
+    C_FOUR_LANES = 1
+    C_FOUR_LANES_PORTABLE = 2
+
+ONE_LANE = C_ONE_LANE
+FOUR_LANES = C_FOUR_LANES
+FOUR_LANES_PORTABLE = C_FOUR_LANES_PORTABLE
+
 
 cdef struct Seg:
     off_t start
@@ -166,7 +175,7 @@ cdef int _ready(Lane *ln, int fd) noexcept nogil:
     return _fill(ln, fd)
 
 
-cdef int _run(int fd, Seg *segs, Py_ssize_t nseg, bint vector, Lane *lanes) noexcept nogil:
+cdef int _run(int fd, Seg *segs, Py_ssize_t nseg, int mode, Lane *lanes) noexcept nogil:
     cdef Py_ssize_t next_seg = 0
     cdef int i, active, rc
     cdef size_t k, blocks
@@ -191,7 +200,7 @@ cdef int _run(int fd, Seg *segs, Py_ssize_t nseg, bint vector, Lane *lanes) noex
             if next_seg >= nseg:
                 return 0
             continue
-        if active == LANES and vector:
+        if active == LANES and mode != C_ONE_LANE:
             # Every lane has more than one block: compress the blocks all four
             # can spare (each keeps at least one byte for its final block).
             blocks = (lanes[0].w - lanes[0].r - 1) // 128
@@ -207,7 +216,7 @@ cdef int _run(int fd, Seg *segs, Py_ssize_t nseg, bint vector, Lane *lanes) noex
                     lanes[i].t += 128
                     ts[i] = lanes[i].t
                     lanes[i].r += 128
-                if HAVE_AVX2:
+                if mode == C_FOUR_LANES and HAVE_AVX2:
                     sf_b2_compress4_avx2(hs, ptrs, ts)
                 else:
                     sf_b2_compress4_portable(hs, ptrs, ts)
@@ -224,14 +233,17 @@ cdef int _run(int fd, Seg *segs, Py_ssize_t nseg, bint vector, Lane *lanes) noex
                     lanes[i].r += 128
 
 
-def segment_digests(int fd, list segments, bint vector=True):
+def segment_digests(int fd, list segments, int mode=C_FOUR_LANES):
     """BLAKE2b-256 of the canonical stream of each segment of the file open on ``fd``.
 
     ``segments`` is a list of ``(start, end, ranges)``, ``ranges`` the sorted
     block-aligned ``(first, end)`` ranges inside the segment that touch data.
-    ``vector=False`` compresses one lane at a time (the portable path, for
-    tests).  Returns one 32-byte digest per segment, in order.
+    ``mode``: FOUR_LANES (AVX2 where the CPU has it), FOUR_LANES_PORTABLE (the
+    path of CPUs without AVX2) or ONE_LANE; all give the same digests (the
+    last two are for tests).  Returns one 32-byte digest per segment, in order.
     """
+    if mode not in (C_ONE_LANE, C_FOUR_LANES, C_FOUR_LANES_PORTABLE):
+        raise ValueError("mode is ONE_LANE, FOUR_LANES or FOUR_LANES_PORTABLE")
     cdef Py_ssize_t nseg = len(segments)
     cdef Py_ssize_t i, j, total = 0
     cdef Seg *segs = NULL
@@ -261,7 +273,7 @@ def segment_digests(int fd, list segments, bint vector=True):
                 pairs[2 * (total + j) + 1] = last
             total += len(ranges)
         with nogil:
-            rc = _run(fd, segs, nseg, vector, lanes)
+            rc = _run(fd, segs, nseg, mode, lanes)
         if rc:
             import os
             raise OSError(rc, os.strerror(rc) if rc != EIO else

@@ -63,9 +63,9 @@ pieces = st.lists(st.tuples(st.integers(0, 40), st.integers(1, 3 * BLOCK), st.bo
 @settings(max_examples=40, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(pieces=pieces, tail=st.integers(0, 3 * BLOCK), seg_blocks=st.sampled_from([1, 2, 3, 5]),
-       vector=st.booleans())
+       mode=st.sampled_from([_hash.FOUR_LANES, _hash.FOUR_LANES_PORTABLE, _hash.ONE_LANE]))
 def test_segment_digests_equal_the_definition(tmp_path: Path, pieces, tail: int,
-                                              seg_blocks: int, vector: bool) -> None:
+                                              seg_blocks: int, mode: int) -> None:
     path = tmp_path / "f"
     if path.exists():
         path.unlink()
@@ -93,7 +93,7 @@ def test_segment_digests_equal_the_definition(tmp_path: Path, pieces, tail: int,
                     else:
                         ranges.append((first, end))
             segments.append((s0, s1, ranges))
-        got = _hash.segment_digests(fd, segments, vector)
+        got = _hash.segment_digests(fd, segments, mode)
     finally:
         os.close(fd)
     assert got == [reference_segment(data, s0, s1) for s0, s1, _ in segments]

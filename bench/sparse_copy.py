@@ -10,7 +10,14 @@ round, medians, and the ratio against cp computed within each round.  Every outp
 byte equality (through SEEK_DATA extents, so no hole is read) and its allocated
 size reported.
 
+As root it first drops the clean page cache (``sync``, then ``1`` into
+``/proc/sys/vm/drop_caches``; ``--keep-caches`` skips that) and then warms the
+source: with memory full of other files' pages every allocation has to reclaim
+first, which slows each contender by a different amount and makes the ratios
+depend on what ran before.
+
     python bench/sparse_copy.py [--runs 3] [--scale 1.0] [--dir DIR] [--json FILE]
+                                [--skip NAMES] [--keep-caches]
 """
 
 from __future__ import annotations
@@ -118,13 +125,18 @@ def contenders(src: Path, dst: Path) -> dict[str, list[str]]:
 
 
 def run_once(cmd: list[str]) -> dict[str, float]:
+    """Wall and CPU time of ``cmd`` (wait4), and its peak RSS as GNU time reports
+    it: the RSS wait4 gives for a child of this process counts this process's
+    own pages from before the child's exec."""
+    rss_file = ROOT / "bench" / ".cache" / "sparse-copy-time.out"
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd)
+    proc = subprocess.Popen(["/usr/bin/time", "-f", "%M", "-o", str(rss_file), *cmd])
     _, status, ru = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"{cmd[0]} failed with {status}")
-    return {"wall": wall, "cpu": ru.ru_utime + ru.ru_stime, "maxrss_kib": ru.ru_maxrss}
+    rss = int(rss_file.read_text().split()[-1])
+    return {"wall": wall, "cpu": ru.ru_utime + ru.ru_stime, "maxrss_kib": rss}
 
 
 def main() -> int:
@@ -135,7 +147,12 @@ def main() -> int:
     ap.add_argument("--dir", type=Path, default=ROOT / "bench" / ".cache")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--skip", default="", help="comma-separated contender names to leave out")
+    ap.add_argument("--keep-caches", action="store_true",
+                    help="do not drop the page cache first (it is dropped only as root)")
     args = ap.parse_args()
+    if not args.keep_caches and os.geteuid() == 0:
+        os.sync()
+        Path("/proc/sys/vm/drop_caches").write_text("1\n")
     args.dir.mkdir(parents=True, exist_ok=True)
     apparent, data = int((16 << 30) * args.scale), int((512 << 20) * args.scale)
     src = args.dir / f"sparse-{apparent}-{data}.bin"

@@ -12,7 +12,7 @@ from cpython.exc cimport PyErr_CheckSignals
 from posix.types cimport off_t
 
 from sysio cimport (
-    EINTR, EINVAL, ENXIO, EXDEV, ENOSYS, EOPNOTSUPP, EIO,
+    EINTR, EINVAL, ENXIO, EXDEV, ENOSYS, EOPNOTSUPP, EIO, ENOTTY,
     SEEK_SET, SEEK_CUR, SEEK_DATA, SEEK_HOLE, AT_FDCWD,
     RENAME_EXCHANGE, RENAME_NOREPLACE, FICLONE, POSIX_FADV_DONTNEED,
     lseek, pread, pwrite, ftruncate, copy_file_range, renameat2, ioctl,
@@ -55,6 +55,7 @@ cdef struct CopyStats:
     int used_splice
     int used_rw
     int cfr_refused_errno
+    int clone_errno           # why FICLONE was refused (0: not tried or it worked)
     int short_read            # the source ended before the size seen at the start
 
 
@@ -322,9 +323,9 @@ cdef int fill_zeros(int dst, off_t start, off_t end, const char *zeros, size_t b
 
 
 cdef int do_copy(int src, int dst, off_t size, int reflink, int sparse, bint allow_cfr,
-                 int pipe_r, int pipe_w, size_t pipe_size,
-                 char *buf, size_t bufsize, size_t blk, ExtentList *ext,
-                 CopyStats *st) except -1 nogil:
+                 bint try_clone, int pipe_r, int pipe_w, size_t pipe_size,
+                 char *rbuf, size_t rsize, const char *zeros, size_t zsize, size_t blk,
+                 ExtentList *ext, CopyStats *st) except -1 nogil:
     cdef int rc
     cdef Py_ssize_t k
     cdef off_t start, length, pos, prev_end = 0
@@ -340,11 +341,12 @@ cdef int do_copy(int src, int dst, off_t size, int reflink, int sparse, bint all
 
     # A clone shares the source's exact layout, holes included, which is only
     # what the user asked for when sparse handling is left on auto.
-    if reflink != C_NEVER and sparse == C_AUTO:
+    if reflink != C_NEVER and sparse == C_AUTO and (try_clone or reflink == C_ALWAYS):
         if ioctl(dst, FICLONE, src) == 0:
             st.used_reflink = 1
             st.bytes_cloned = st.data_bytes
             return 0
+        st.clone_errno = errno
         if reflink == C_ALWAYS:
             return errno
 
@@ -352,7 +354,7 @@ cdef int do_copy(int src, int dst, off_t size, int reflink, int sparse, bint all
         start = ext.v[2 * k]
         length = ext.v[2 * k + 1]
         if sparse == C_NEVER and start > prev_end:
-            rc = fill_zeros(dst, prev_end, start, buf, bufsize, st)
+            rc = fill_zeros(dst, prev_end, start, zeros, zsize, st)
             if rc:
                 return rc
         pos = start
@@ -362,11 +364,11 @@ cdef int do_copy(int src, int dst, off_t size, int reflink, int sparse, bint all
                 return rc
         if pos < start + length and not st.short_read and not splice_refused:
             rc = copy_range_splice(src, dst, &pos, start + length, pipe_r, pipe_w, pipe_size,
-                                   buf + bufsize, bufsize, st, &splice_refused)
+                                   rbuf, rsize, st, &splice_refused)
             if rc:
                 return rc
         if pos < start + length and not st.short_read:
-            rc = copy_range_rw(src, dst, &pos, start + length, buf + bufsize, bufsize, blk,
+            rc = copy_range_rw(src, dst, &pos, start + length, rbuf, rsize, blk,
                                sparse == C_ALWAYS, st)
             if rc:
                 return rc
@@ -374,11 +376,11 @@ cdef int do_copy(int src, int dst, off_t size, int reflink, int sparse, bint all
             return 0
         prev_end = start + length
     if sparse == C_NEVER and prev_end < size:
-        rc = fill_zeros(dst, prev_end, size, buf, bufsize, st)
+        rc = fill_zeros(dst, prev_end, size, zeros, zsize, st)
         if rc:
             return rc
     # Trailing holes: give the copy the source's exact size.
-    while ftruncate(dst, size) != 0:
+    while prev_end < size and ftruncate(dst, size) != 0:
         if errno != EINTR:
             return errno
     return 0
@@ -415,6 +417,14 @@ def extents(int fd):
         free(e.v)
 
 
+# The last pair of filesystems (st_dev of source, destination) where FICLONE
+# was refused as unsupported: a tree of many files on ext4 does not ask again
+# for every file.  Read and written with the GIL held.
+cdef unsigned long noclone_src_dev = 0
+cdef unsigned long noclone_dst_dev = 0
+cdef bint noclone_known = False
+
+
 def copy_fd(int src_fd, int dst_fd, *, int reflink=AUTO, int sparse=AUTO,
             bint allow_copy_file_range=True, bint allow_splice=True, size_t bufsize=1 << 20,
             long long expected_size=-1, long long expected_mtime_ns=-1):
@@ -437,6 +447,10 @@ def copy_fd(int src_fd, int dst_fd, *, int reflink=AUTO, int sparse=AUTO,
     cdef off_t size
     cdef int pipefd[2]
     cdef int psize
+    cdef size_t rsize
+    cdef char *zeros = NULL
+    cdef size_t zsize = 0
+    cdef bint try_clone
     if reflink not in (NEVER, AUTO, ALWAYS) or sparse not in (NEVER, AUTO, ALWAYS):
         raise ValueError("reflink and sparse take NEVER, AUTO or ALWAYS")
     if reflink == ALWAYS and sparse != AUTO:
@@ -453,18 +467,37 @@ def copy_fd(int src_fd, int dst_fd, *, int reflink=AUTO, int sparse=AUTO,
     size = st0.st_size
     if dst_st.st_blksize > 0 and dst_st.st_blksize <= 1 << 20:
         blk = <size_t>dst_st.st_blksize
-    # One allocation: a zeroed half for sparse=never hole fills, a read half.
-    buf = <char *>calloc(2, bufsize)
+    # Buffers no larger than the file: a tree of small files must not pay for
+    # a megabyte (zeroed, for calloc) per file.  The read buffer serves the
+    # pread/pwrite path and the drain of a refused splice; the zeroed one only
+    # sparse=never's hole fills.
+    rsize = bufsize if <off_t>bufsize < size else <size_t>((size + 4095) // 4096 * 4096)
+    if rsize < 65536:
+        rsize = 65536
+    buf = <char *>malloc(rsize)
     if buf == NULL:
         raise MemoryError()
+    if sparse == NEVER:
+        zsize = rsize
+        zeros = <char *>calloc(1, zsize)
+        if zeros == NULL:
+            free(buf)
+            raise MemoryError()
     pipefd[0] = -1
     pipefd[1] = -1
     psize = 0
-    if allow_splice and sparse != ALWAYS and size > 0:
+    global noclone_src_dev, noclone_dst_dev, noclone_known
+    try_clone = not (noclone_known and noclone_src_dev == st0.st_dev
+                     and noclone_dst_dev == dst_st.st_dev)
+    # A file that fits in the buffer goes through it (one pread, one pwrite):
+    # a pipe would cost four more system calls per file.
+    if allow_splice and sparse != ALWAYS and size > <off_t>rsize:
         if pipe2(pipefd, O_CLOEXEC) == 0:
-            # As large as the buffer; an unprivileged user past the pipe quota
-            # keeps a smaller pipe, which still works.
-            fcntl(pipefd[1], F_SETPIPE_SZ, <int>bufsize)
+            # As large as the buffer (a pipe holds 64 KiB to start with); an
+            # unprivileged user past the pipe quota keeps a smaller pipe, which
+            # still works.
+            if size > 65536:
+                fcntl(pipefd[1], F_SETPIPE_SZ, <int>rsize)
             psize = fcntl(pipefd[1], F_GETPIPE_SZ)
             if psize <= 0:
                 close(pipefd[0])
@@ -477,10 +510,14 @@ def copy_fd(int src_fd, int dst_fd, *, int reflink=AUTO, int sparse=AUTO,
     try:
         with nogil:
             rc = do_copy(src_fd, dst_fd, size, reflink, sparse, allow_copy_file_range,
-                         pipefd[0], pipefd[1], <size_t>psize,
-                         buf, bufsize, blk, &ext, &cs)
+                         try_clone, pipefd[0], pipefd[1], <size_t>psize,
+                         buf, rsize, zeros, zsize, blk, &ext, &cs)
             if rc == 0 and fstat(src_fd, &st1) != 0:
                 rc = errno
+        if cs.clone_errno == EOPNOTSUPP or cs.clone_errno == ENOTTY or cs.clone_errno == EXDEV:
+            noclone_src_dev = st0.st_dev
+            noclone_dst_dev = dst_st.st_dev
+            noclone_known = True
         if rc:
             raise OSError(rc, _strerror(rc))
         changed = bool(
@@ -514,6 +551,7 @@ def copy_fd(int src_fd, int dst_fd, *, int reflink=AUTO, int sparse=AUTO,
         }
     finally:
         free(buf)
+        free(zeros)
         free(ext.v)
         if pipefd[0] >= 0:
             close(pipefd[0])

@@ -53,7 +53,7 @@ from synfast.errors import (
     UsageError,
     from_oserror,
 )
-from synfast.tree import Entry, Plan, run_all, walk_tree
+from synfast.tree import SMALL_FILE, Entry, Plan, run_all, walk_tree
 
 #: Directory names skipped at any depth unless ``include_tmp`` (as the Synapse tool does).
 DEFAULT_SKIP_DIRS = ("tmp", "backups")
@@ -737,7 +737,7 @@ def _execute(the_plan: Plan, tmp: Path, report: BackupReport, *, engine: str,
 
         workers = max(1, jobs or min(4, os.cpu_count() or 1))
         run_all(lambda e: (do_env if e.kind == "env" else do_file)(e), work, workers,
-                "synfast-bk")
+                "synfast-bk", serial=lambda e: e.kind == "file" and e.weight < SMALL_FILE)
     finally:
         copier.close()
 

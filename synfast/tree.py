@@ -486,24 +486,10 @@ class _EnvEngines:
             return lmdbenv.copy_environment(e.env, out, engine=self.chosen[e.rel],
                                             mode=e.st.st_mode, display_dst=display)
 
-        from synfast import _lmdb
+        from synfast.engines import rebuild_data_file
 
         data_st = os.stat(e.env.data_path)
-        try:
-            raw = snap.rebuild(os.fspath(out), subdir=False)
-        except _lmdb.LmdbError as err:
-            if os.path.lexists(out):
-                os.unlink(out)
-            code = lmdbenv.destination_errno(err.code, out)
-            if code is not None:
-                raise from_oserror(OSError(code, os.strerror(code)), display) from err
-            raise lmdbenv._lmdb_error(err, e.env.data_path) from err
-        except BaseException:
-            if os.path.lexists(out):
-                os.unlink(out)
-            raise
-        finally:
-            snap.close()
+        raw = rebuild_data_file(snap, out, display, e.env.data_path)
         meta = lmdbenv.read_meta(out)
         return lmdbenv.EnvCopyResult(
             source=e.env.path, destination=out, engine="rebuild", page_size=raw["page_size"],

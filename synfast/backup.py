@@ -152,26 +152,11 @@ class _EnvCopier:
         assert e.env is not None
         engine = self.chosen[e.rel]
         t0 = time.time()
-        snap = self.snapshots.get(e.rel)
+        snap = self.snapshots.pop(e.rel, None)
         if snap is not None:
-            from synfast import _lmdb
+            from synfast.engines import rebuild_data_file
 
-            try:
-                raw = snap.rebuild(os.fspath(out), subdir=False)
-            except _lmdb.LmdbError as err:
-                if os.path.lexists(out):
-                    os.unlink(out)
-                code = lmdbenv.destination_errno(err.code, out)
-                if code is not None:
-                    raise from_oserror(OSError(code, os.strerror(code)), display) from err
-                raise lmdbenv._lmdb_error(err, e.env.data_path) from err
-            except OSError as err:
-                if os.path.lexists(out):
-                    os.unlink(out)
-                raise from_oserror(err, display) from err
-            finally:
-                snap.close()
-                self.snapshots.pop(e.rel, None)
+            raw = rebuild_data_file(snap, out, display, e.env.data_path)
             return {
                 "engine": "rebuild", "page_size": raw["page_size"], "map_size": raw["map_size"],
                 "txnid": raw["txnid"], "txnid_exact": True, "txnid_min": raw["txnid"],
@@ -296,58 +281,39 @@ def copy_file_chunked(src: Path, dst: Path, st: os.stat_result, *, throttle: Thr
     Returns the data bytes copied."""
     from synfast import _sparse
 
-    try:
-        sfd = os.open(src, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-    except FileNotFoundError as err:
-        raise SourceChanged(src, "disappeared while the backup was running",
-                            "run the backup again when the source is quiet") from err
-    except OSError as err:
-        raise from_oserror(err, src) from err
     done = 0
-    try:
+    with files.new_copy_fds(src, dst, display_dst, job="backup") as (sfd, dfd):
+        for off, length in _sparse.extents(sfd):
+            end = off + length
+            while off < end:
+                try:
+                    chunk = os.pread(sfd, min(_CHUNK, end - off), off)
+                except OSError as err:
+                    raise from_oserror(err, src) from err
+                if not chunk:
+                    break
+                try:
+                    view = memoryview(chunk)
+                    pos = off
+                    while view:
+                        n = os.pwrite(dfd, view, pos)
+                        view, pos = view[n:], pos + n
+                except OSError as err:
+                    raise from_oserror(err, display_dst) from err
+                off += len(chunk)
+                done += len(chunk)
+                if throttle is not None:
+                    throttle.consume(len(chunk))
+                if on_chunk is not None:
+                    on_chunk(done)
+        after = os.fstat(sfd)
+        if after.st_size != st.st_size or after.st_mtime_ns != st.st_mtime_ns:
+            raise SourceChanged(src, f"changed while being copied (size {st.st_size} -> "
+                                f"{after.st_size})", "run the backup again when it is quiet")
         try:
-            dfd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            os.ftruncate(dfd, st.st_size)
         except OSError as err:
             raise from_oserror(err, display_dst) from err
-        try:
-            for off, length in _sparse.extents(sfd):
-                end = off + length
-                while off < end:
-                    try:
-                        chunk = os.pread(sfd, min(_CHUNK, end - off), off)
-                    except OSError as err:
-                        raise from_oserror(err, src) from err
-                    if not chunk:
-                        break
-                    try:
-                        view = memoryview(chunk)
-                        pos = off
-                        while view:
-                            n = os.pwrite(dfd, view, pos)
-                            view, pos = view[n:], pos + n
-                    except OSError as err:
-                        raise from_oserror(err, display_dst) from err
-                    off += len(chunk)
-                    done += len(chunk)
-                    if throttle is not None:
-                        throttle.consume(len(chunk))
-                    if on_chunk is not None:
-                        on_chunk(done)
-            after = os.fstat(sfd)
-            if after.st_size != st.st_size or after.st_mtime_ns != st.st_mtime_ns:
-                raise SourceChanged(src, f"changed while being copied (size {st.st_size} -> "
-                                    f"{after.st_size})", "run the backup again when it is quiet")
-            try:
-                os.ftruncate(dfd, st.st_size)
-            except OSError as err:
-                raise from_oserror(err, display_dst) from err
-        except BaseException:
-            os.close(dfd)
-            os.unlink(dst)
-            raise
-        os.close(dfd)
-    finally:
-        os.close(sfd)
     return done
 
 

@@ -13,6 +13,7 @@ import contextlib
 import errno
 import os
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -199,6 +200,45 @@ def raw_is_clone_refusal(err: OSError) -> bool:
     return err.errno in (errno.EOPNOTSUPP, errno.EXDEV, errno.EINVAL, errno.ENOTTY, errno.EPERM)
 
 
+#: What a source file that vanished after planning is called, per job.
+_VANISHED = {
+    "copy": ("disappeared while the copy was running", "copy again when the source is quiet"),
+    "backup": ("disappeared while the backup was running",
+               "run the backup again when the source is quiet"),
+}
+
+
+@contextlib.contextmanager
+def new_copy_fds(src: Path, dst: Path, display_dst: Path | None = None,
+                 job: str = "copy") -> Iterator[tuple[int, int]]:
+    """Open ``src`` for reading and create ``dst`` exclusively; yield both fds.
+
+    If the body raises, ``dst`` is removed; both fds are closed either way.  A
+    source gone since it was planned is :class:`SourceChanged`; other errors
+    name the source or ``display_dst`` (the final name, not a temporary one).
+    """
+    try:
+        src_fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except FileNotFoundError as err:
+        raise SourceChanged(src, *_VANISHED[job]) from err
+    except OSError as err:
+        raise from_oserror(err, src) from err
+    try:
+        try:
+            dst_fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except OSError as err:
+            raise from_oserror(err, display_dst or dst) from err
+        try:
+            yield src_fd, dst_fd
+        except BaseException:
+            os.close(dst_fd)
+            os.unlink(dst)
+            raise
+        os.close(dst_fd)
+    finally:
+        os.close(src_fd)
+
+
 def copy_file_new(
     src: Path, dst: Path, st: os.stat_result, *, reflink: str = "auto", sparse: str = "auto",
     copy_file_range: str = "auto", preserve: bool = True, fsync: bool = False,
@@ -210,34 +250,15 @@ def copy_file_new(
     temporary tree, where no rename per file is needed.  ``display_dst`` is the
     name errors use for the destination (the final name, not the temporary one).
     """
-    try:
-        src_fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-    except FileNotFoundError as err:
-        raise SourceChanged(src, "disappeared while the copy was running",
-                            "copy again when the source is quiet") from err
-    except OSError as err:
-        raise from_oserror(err, src) from err
-    try:
-        try:
-            dst_fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        except OSError as err:
-            raise from_oserror(err, display_dst or dst) from err
-        try:
-            result = copy_open_file(src, src_fd, dst, dst_fd, reflink=reflink, sparse=sparse,
-                                    copy_file_range=copy_file_range, expected=st,
-                                    display_dst=display_dst)
-            if preserve:
-                apply_metadata(dst_fd, st)
-            if fsync:
-                os.fsync(dst_fd)
-        except BaseException:
-            os.close(dst_fd)
-            os.unlink(dst)
-            raise
-        os.close(dst_fd)
-        return result
-    finally:
-        os.close(src_fd)
+    with new_copy_fds(src, dst, display_dst) as (src_fd, dst_fd):
+        result = copy_open_file(src, src_fd, dst, dst_fd, reflink=reflink, sparse=sparse,
+                                copy_file_range=copy_file_range, expected=st,
+                                display_dst=display_dst)
+        if preserve:
+            apply_metadata(dst_fd, st)
+        if fsync:
+            os.fsync(dst_fd)
+    return result
 
 
 def place(tmp: Path, dst: Path, *, force: bool) -> None:

@@ -114,6 +114,22 @@ cdef class _ReadEnv:
             _fail(path, rc, "open")
         return 0
 
+    cdef int begin_read(self, MDB_txn **txn, MDB_dbi *main_dbi) except -1:
+        """Begin a read transaction and open the main database in it.  On
+        failure nothing is left open; on success the caller aborts ``txn``."""
+        cdef int rc
+        with nogil:
+            rc = mdb_txn_begin(self.env, NULL, MDB_RDONLY, txn)
+        if rc:
+            txn[0] = NULL
+            _fail(self.path, rc, "txn_begin")
+        rc = mdb_dbi_open(txn[0], NULL, 0, main_dbi)
+        if rc:
+            mdb_txn_abort(txn[0])
+            txn[0] = NULL
+            _fail(self.path, rc, "open main database")
+        return 0
+
     cdef int check_not_truncated(self) except -1:
         """Refuse a data file shorter than its meta page says: mapping pages past
         the end of a file would kill the process with SIGBUS, not raise."""
@@ -252,16 +268,9 @@ def env_databases(path, bint subdir=True):
     cdef _ReadEnv e = _ReadEnv()
     cdef MDB_txn *txn = NULL
     cdef MDB_dbi dbi, main_dbi
-    cdef int rc
     e.open(path, subdir, 32767)
-    with nogil:
-        rc = mdb_txn_begin(e.env, NULL, MDB_RDONLY, &txn)
-    if rc:
-        _fail(path, rc, "txn_begin")
+    e.begin_read(&txn, &main_dbi)
     try:
-        rc = mdb_dbi_open(txn, NULL, 0, &main_dbi)
-        if rc:
-            _fail(path, rc, "open main database")
         result = {"txnid": mdb_txn_id(txn), "main": _dbstat(txn, main_dbi), "named": {}}
         for label, dbi in _named_databases(path, txn, main_dbi):
             result["named"][label] = _dbstat(txn, dbi)
@@ -380,14 +389,8 @@ def env_walk(path, bint subdir=True, bint nolock=True, bint walk=True):
     e.check_not_truncated()
     mdb_env_info(e.env, &info)
     mdb_env_stat(e.env, &st)
-    with nogil:
-        rc = mdb_txn_begin(e.env, NULL, MDB_RDONLY, &txn)
-    if rc:
-        _fail(path, rc, "txn_begin")
+    e.begin_read(&txn, &main_dbi)
     try:
-        rc = mdb_dbi_open(txn, NULL, 0, &main_dbi)
-        if rc:
-            _fail(path, rc, "open main database")
         result = {"txnid": mdb_txn_id(txn), "page_size": st.ms_psize,
                   "map_size": info.me_mapsize, "last_pgno": info.me_last_pgno, "named": {}}
         if walk:

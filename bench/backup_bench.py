@@ -190,19 +190,31 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="synfast backup benchmark")
     parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--only", default=",".join(DEFAULT))
+    parser.add_argument("--unsteady", action="store_true",
+                        help="leave free page reporting as it is (see bench/steady.py)")
     parser.add_argument("--drive", nargs=2, metavar=("SRC", "DST"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.drive:
         pylmdb_driver(*args.drive)
         return
     svc = build_service(args.scale)
+    sys.path.insert(0, os.fspath(ROOT))
+    from bench.steady import steady_memory
+
+    with steady_memory(not args.unsteady) as how:
+        print(f"# {how}", flush=True)
+        measure(svc, args.only.split(","))
+
+
+def measure(svc: Path, contenders: list[str]) -> None:
+    """Run each contender once, in order, and print the table."""
     out_root = CACHE / "backup-bench-out"
     shutil.rmtree(out_root, ignore_errors=True)
     out_root.mkdir()
     src_alloc = allocated(svc)
     print(f"# service {svc}: {src_alloc / 1e9:.2f} GB allocated", flush=True)
     rows = []
-    for contender in args.only.split(","):
+    for contender in contenders:
         dst = out_root / "out"
         r = run(command(contender, svc, dst))
         r["size"] = allocated(dst)

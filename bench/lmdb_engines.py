@@ -351,6 +351,8 @@ def main() -> None:
                     "(default: the first five)")
     ap.add_argument("--no-verify", action="store_true")
     ap.add_argument("--build-only", action="store_true", help="only build the datasets")
+    ap.add_argument("--unsteady", action="store_true",
+                    help="leave free page reporting as it is (see bench/steady.py)")
     ap.add_argument("--drive", nargs=3, metavar=("ENGINE", "SRC", "DST"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.drive:
@@ -361,11 +363,16 @@ def main() -> None:
         if e not in CONTENDERS:
             ap.error(f"unknown contender {e!r}; choose from {', '.join(CONTENDERS)}")
     names = {"both": ["A", "B"], "all": ["A", "B", "C"]}.get(args.dataset, [args.dataset])
-    for name in names:
-        if args.build_only:
+    if args.build_only:
+        for name in names:
             build_dataset(name, args.scale)
-            continue
-        bench(name, args.scale, args.runs, only, not args.no_verify)
+        return
+    from bench.steady import steady_memory
+
+    with steady_memory(not args.unsteady) as how:
+        print(f"# {how}", file=sys.stderr)
+        for name in names:
+            bench(name, args.scale, args.runs, only, not args.no_verify)
 
 
 if __name__ == "__main__":

@@ -84,6 +84,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--work", type=Path, default=None,
                     help="where copies are written (default: CACHE/work, same filesystem "
                     "as the sources)")
+    ap.add_argument("--unsteady", action="store_true",
+                    help="leave free page reporting as it is (see bench/steady.py)")
     ap.add_argument("--cold", action="store_true",
                     help="drop the page cache before every run (root only)")
     ap.add_argument("--timeout", type=float, default=900.0,
@@ -367,24 +369,35 @@ def main(argv: list[str] | None = None) -> int:
     }
     verifier = D.Verifier(args.cache)
     stamp = started.strftime("%Y%m%dT%H%M%SZ")
-    for name in names:
-        ds = D.build(name, args.scale, args.cache, log)
+    from bench.steady import steady_memory
 
-        def partial(result: dict, name: str = name) -> None:
-            doc["datasets"][name] = dict(result, command=doc["command"],
-                                         options=doc["options"], partial=True)
-            R.summarize(doc)
-            _write(doc, args.out, stamp, chart=False)
-
-        doc["datasets"][name] = run_dataset(ds, chosen, work, verifier, args, partial)
-        doc["datasets"][name].update(command=doc["command"], options=doc["options"])
-        R.summarize(doc)
-        print(R.dataset_table(doc, name), flush=True)
-        _write(doc, args.out, stamp, chart=False)    # keep partial results of long runs
+    with steady_memory(not args.unsteady) as how:
+        log(how)
+        doc["options"]["memory"] = how
+        for name in names:
+            run_one_dataset(name, doc, chosen, work, verifier, args, stamp)
     doc["finished"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     paths = _write(doc, args.out, stamp, chart=not args.no_chart)
     print(R.footer(doc, paths))
     return 0
+
+
+def run_one_dataset(name: str, doc: dict, chosen: list, work: Path, verifier: D.Verifier,
+                    args: argparse.Namespace, stamp: str) -> None:
+    """Build dataset ``name``, run every contender on it, print and save its table."""
+    ds = D.build(name, args.scale, args.cache, log)
+
+    def partial(result: dict, name: str = name) -> None:
+        doc["datasets"][name] = dict(result, command=doc["command"],
+                                     options=doc["options"], partial=True)
+        R.summarize(doc)
+        _write(doc, args.out, stamp, chart=False)
+
+    doc["datasets"][name] = run_dataset(ds, chosen, work, verifier, args, partial)
+    doc["datasets"][name].update(command=doc["command"], options=doc["options"])
+    R.summarize(doc)
+    print(R.dataset_table(doc, name), flush=True)
+    _write(doc, args.out, stamp, chart=False)    # keep partial results of long runs
 
 
 def rerender(paths: list[Path], args: argparse.Namespace) -> int:

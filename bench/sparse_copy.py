@@ -149,10 +149,22 @@ def main() -> int:
     ap.add_argument("--skip", default="", help="comma-separated contender names to leave out")
     ap.add_argument("--keep-caches", action="store_true",
                     help="do not drop the page cache first (it is dropped only as root)")
+    ap.add_argument("--unsteady", action="store_true",
+                    help="leave free page reporting as it is (see bench/steady.py)")
     args = ap.parse_args()
     if not args.keep_caches and os.geteuid() == 0:
         os.sync()
         Path("/proc/sys/vm/drop_caches").write_text("1\n")
+    sys.path.insert(0, os.fspath(ROOT))
+    from bench.steady import steady_memory
+
+    with steady_memory(not args.unsteady) as how:
+        print(f"# {how}", file=sys.stderr)
+        return measure(args)
+
+
+def measure(args: argparse.Namespace) -> int:
+    """Build the source file if needed, run the rounds, print the table."""
     args.dir.mkdir(parents=True, exist_ok=True)
     apparent, data = int((16 << 30) * args.scale), int((512 << 20) * args.scale)
     src = args.dir / f"sparse-{apparent}-{data}.bin"

@@ -216,6 +216,12 @@ def rebuild_environment(
             from synfast._sparse import rename_noreplace
 
             rename_noreplace(os.fspath(tmp), os.fspath(dst))
+        except LmdbError as err:
+            mine = _output_error(err, tmp, dst)    # judged while the output exists
+            remove_path(tmp)
+            if mine is not None:
+                raise mine from None
+            raise
         except BaseException:
             remove_path(tmp)
             raise
@@ -232,6 +238,20 @@ def rebuild_environment(
             snap.close()
     report["path"] = os.fspath(dst)
     return report
+
+
+def _output_error(err: LmdbError, tmp: Path, dst: Path) -> SynfastError | None:
+    """A failure of the output being written at ``tmp``, named as ``dst``, the
+    destination the caller asked for; LMDB's EIO on a full disk becomes the full
+    disk it is.  None when ``err`` is the source's."""
+    if err.path != os.fspath(tmp):
+        return None
+    from synfast import lmdbenv
+
+    code = lmdbenv.destination_errno(err.code, tmp)
+    if code is not None:
+        return from_oserror(OSError(code, os.strerror(code)), dst)
+    return _lmdb_error(LmdbError(os.fspath(dst), err.code, err.message, err.operation))
 
 
 def rebuild_data_file(snap: Snapshot, out: Path, display: Path,

@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from synfast import engines
-from synfast.errors import CorruptEnvironment, DestinationExists, NotAnEnvironment
+from synfast.errors import CorruptEnvironment, DestinationExists, NotAnEnvironment, SynfastError
 
 MAXKEY = 511          # mdb_env_get_maxkeysize of a default LMDB build
 MAP_SIZE = 1 << 28
@@ -544,6 +544,16 @@ def test_interrupt_removes_the_partial_output(tmp_path):
     finally:
         signal.signal(signal.SIGUSR1, old)
     assert sorted(os.listdir(tmp_path)) == ["src"]
+
+
+def test_full_destination_is_named_and_leaves_nothing(tmp_path, small_tmpfs):
+    src = tmp_path / "src"
+    _small_env(src, 40000)                  # about 9 MB of values; the tmpfs holds 4 MiB
+    with pytest.raises(SynfastError) as caught:
+        rebuild(src, small_tmpfs / "dst")
+    message = str(caught.value)
+    assert message.startswith(f"{small_tmpfs / 'dst'}: ") and "no space left" in message.lower()
+    assert os.listdir(small_tmpfs) == []
 
 
 def test_not_an_environment(tmp_path):

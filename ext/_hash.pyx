@@ -34,6 +34,9 @@ cdef enum:
 
 cdef bint HAVE_AVX2 = sf_b2_have_avx2() != 0
 
+# The block an idle lane compresses (its result is thrown away).
+cdef uint8_t DUMMY[128]
+
 cdef enum:
     C_ONE_LANE = 0
     C_FOUR_LANES = 1
@@ -200,18 +203,30 @@ cdef int _run(int fd, Seg *segs, Py_ssize_t nseg, int mode, Lane *lanes) noexcep
             if next_seg >= nseg:
                 return 0
             continue
-        if active == LANES and mode != C_ONE_LANE:
-            # Every lane has more than one block: compress the blocks all four
-            # can spare (each keeps at least one byte for its final block).
-            blocks = (lanes[0].w - lanes[0].r - 1) // 128
-            for i in range(1, LANES):
+        if active >= 2 and mode != C_ONE_LANE:
+            # Two or more lanes have more than one block: compress the blocks
+            # they can all spare (each keeps at least one byte for its final
+            # block) side by side.  An idle lane compresses a dummy block into
+            # scratch state: with two or three lanes busy the four-lane kernel
+            # still beats one lane at a time (the tail of every file whose
+            # segment count is not a multiple of four).
+            blocks = 0
+            for i in range(LANES):
+                if lanes[i].seg == NULL:
+                    continue
                 k = (lanes[i].w - lanes[i].r - 1) // 128
-                if k < blocks:
+                if blocks == 0 or k < blocks:
                     blocks = k
             for i in range(LANES):
-                memcpy(hs + 8 * i, lanes[i].h, 64)
+                if lanes[i].seg != NULL:
+                    memcpy(hs + 8 * i, lanes[i].h, 64)
+                else:
+                    ptrs[i] = DUMMY
+                    ts[i] = 128
             while blocks:
                 for i in range(LANES):
+                    if lanes[i].seg == NULL:
+                        continue
                     ptrs[i] = lanes[i].buf + lanes[i].r
                     lanes[i].t += 128
                     ts[i] = lanes[i].t
@@ -222,7 +237,8 @@ cdef int _run(int fd, Seg *segs, Py_ssize_t nseg, int mode, Lane *lanes) noexcep
                     sf_b2_compress4_portable(hs, ptrs, ts)
                 blocks -= 1
             for i in range(LANES):
-                memcpy(lanes[i].h, hs + 8 * i, 64)
+                if lanes[i].seg != NULL:
+                    memcpy(lanes[i].h, hs + 8 * i, 64)
         else:
             for i in range(LANES):
                 if lanes[i].seg == NULL:

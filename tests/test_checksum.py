@@ -99,6 +99,28 @@ def test_segment_digests_equal_the_definition(tmp_path: Path, pieces, tail: int,
     assert got == [reference_segment(data, s0, s1) for s0, s1, _ in segments]
 
 
+@pytest.mark.parametrize("mode", [_hash.FOUR_LANES, _hash.FOUR_LANES_PORTABLE])
+@pytest.mark.parametrize("nseg", [2, 3, 6, 7])
+def test_two_or_three_busy_lanes_use_the_four_lane_kernel(tmp_path: Path, nseg: int,
+                                                          mode: int) -> None:
+    # Segments of different lengths, so that lanes run out at different times
+    # and the last round has two or three lanes busy and the rest idle.
+    sizes = [(2 + i % 3) * BLOCK + 1000 * i for i in range(nseg)]
+    data = os.urandom(sum(sizes))
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    segments, start = [], 0
+    for n in sizes:
+        segments.append((start, start + n, [(start, start + n)]))
+        start += n
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        got = _hash.segment_digests(fd, segments, mode)
+    finally:
+        os.close(fd)
+    assert got == [reference_segment(data, s0, s1) for s0, s1, _ in segments]
+
+
 def test_checksum_file_keeps_the_v2_format(tmp_path: Path) -> None:
     # three 64 MiB segments: data, zero blocks written as data, a hole, a short tail
     path = tmp_path / "f"

@@ -500,14 +500,17 @@ def backup(
         raise from_oserror(err, src) from err
     if not stat.S_ISDIR(sst.st_mode):
         raise UsageError(src, "is not a directory", "give the service's directory")
-    if not dst.parent.is_dir():
-        raise SourceMissing(dst.parent, "does not exist (the destination's parent directory)",
-                            "create it first")
-    real_src, real_dst = src.resolve(), dst.parent.resolve() / dst.name
+    # Where the destination would be, judged before its parent must exist: a
+    # destination inside the source is the mistake to name, even when the
+    # directories it needs are missing too.
+    real_src, real_dst = src.resolve(), Path(os.path.realpath(dst.parent)) / dst.name
     if real_dst == real_src or _inside(real_dst, real_src):
         raise UsageError(dst, f"is inside the source {src}", "choose a destination outside it")
     if _inside(real_src, real_dst):
         raise UsageError(dst, f"contains the source {src}", "choose another destination")
+    if not dst.parent.is_dir():
+        raise SourceMissing(dst.parent, "does not exist (the destination's parent directory)",
+                            "create it first")
     if os.path.lexists(dst):
         raise DestinationExists(dst, "already exists", "choose a new name; backups are never "
                                 "overwritten")

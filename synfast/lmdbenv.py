@@ -18,7 +18,13 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from synfast.errors import CopyFailed, CorruptEnvironment, NotAnEnvironment, SynfastError
+from synfast.errors import (
+    CopyFailed,
+    CorruptEnvironment,
+    NotAnEnvironment,
+    SynfastError,
+    from_oserror,
+)
 
 MAGIC = 0xBEEFC0DE
 P_META = 0x08
@@ -66,15 +72,19 @@ def _parse_meta(page: bytes) -> tuple[int, Meta] | None:
     )
 
 
-def read_meta(path: str | os.PathLike[str]) -> Meta | None:
+def read_meta(path: str | os.PathLike[str], *, strict: bool = False) -> Meta | None:
     """Return the current meta page of an LMDB data file, or None if it is not one.
 
     Reads two small blocks; never opens the environment, so it creates no lock
-    file and takes no reader slot.
+    file and takes no reader slot.  A file that cannot be opened or read is
+    "not one" too, unless ``strict``: then the OSError is raised, so that an
+    unreadable environment is not mistaken for a damaged one.
     """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     except OSError:
+        if strict:
+            raise
         return None
     try:
         first = os.pread(fd, _META_LEN, 0)
@@ -89,6 +99,8 @@ def read_meta(path: str | os.PathLike[str]) -> Meta | None:
             return second[1]
         return meta0
     except OSError:
+        if strict:
+            raise
         return None
     finally:
         os.close(fd)
@@ -150,10 +162,21 @@ def check_environment_dir(path: str | os.PathLike[str]) -> EnvLocation | None:
     """
     p = Path(path)
     data = p / "data.mdb"
-    if data.is_file() and not data.is_symlink():
+    try:
+        st = os.lstat(data)
+    except (FileNotFoundError, NotADirectoryError):
+        st = None
+    except OSError as err:
+        # The directory itself cannot be searched: name it, not a file in it.
+        raise from_oserror(err, p) from err
+    if st is not None and stat.S_ISREG(st.st_mode):
         if Path(f"{data}-lock").exists() and not (p / "lock.mdb").exists():
             return None  # data.mdb is a single-file environment of its own
-        if read_meta(data) is None:
+        try:
+            meta = read_meta(data, strict=True)
+        except OSError as err:
+            raise from_oserror(err, data) from err
+        if meta is None:
             raise CorruptEnvironment(
                 data, "is not an LMDB data file (no LMDB meta page at its start)",
                 "restore it from a backup, or check it with mdb_stat",
@@ -200,8 +223,6 @@ def _lmdb_error(err: Exception, path: os.PathLike[str] | str) -> SynfastError:
         return CopyFailed(path, f"LMDB: {message}",
                           "every reader slot is taken; retry when the service has fewer readers")
     if isinstance(err, OSError):
-        from synfast.errors import from_oserror
-
         return from_oserror(err, path)
     return CopyFailed(path, f"LMDB: {message}")
 
@@ -290,7 +311,6 @@ def copy_environment(
     """
 
     from synfast import _lmdb
-    from synfast.errors import from_oserror
 
     if engine not in ENGINES:
         raise ValueError(f"unknown LMDB engine {engine!r}")

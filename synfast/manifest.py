@@ -139,7 +139,10 @@ def checksum_file(path: str | os.PathLike[str]) -> str:
 
 def iso(t: float) -> str:
     """A UTC timestamp with microseconds, as the manifest writes times."""
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1e6):06d}Z"
+    # Rounded to the microsecond in integers: truncating the float's fraction
+    # could print a time read back by parse_iso one microsecond early.
+    sec, usec = divmod(round(t * 1_000_000), 1_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)) + f".{usec:06d}Z"
 
 
 def parse_iso(text: str) -> float:

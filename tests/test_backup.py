@@ -331,6 +331,9 @@ def test_bad_sources_and_destinations(tmp_path: Path) -> None:
     assert_one_line_error(proc, str(tmp_path / "exists"), "already exists", code=1)
     proc = run_cli("backup", svc, svc / "slabs" / "bk")
     assert_one_line_error(proc, "inside the source", code=2)
+    # inside the source, in directories that do not exist yet: still that mistake
+    proc = run_cli("backup", svc, svc / "new" / "dir" / "bk_%Y")
+    assert_one_line_error(proc, "inside the source", code=2)
     proc = run_cli("backup", svc, tmp_path / "no" / "parent")
     assert_one_line_error(proc, str(tmp_path / "no"), "does not exist", code=1)
     proc = run_cli("backup", svc, tmp_path / "bk", "--lmdb-engine", "magic")
@@ -347,6 +350,41 @@ def test_unreadable_file_in_source(world_tmp: Path) -> None:
     proc = run_cli("backup", svc, world_tmp / "bk", drop_dac=True)
     assert_one_line_error(proc, str(secret), "permission denied", code=1)
     assert sorted(os.listdir(world_tmp)) == ["cortex00"]
+
+
+@pytest.mark.skipif(not shutil.which("setpriv"), reason="setpriv (util-linux) is not installed")
+def test_unreadable_environment_is_not_called_corrupt(world_tmp: Path) -> None:
+    # An environment's data.mdb that cannot be read is a permission problem,
+    # not a damaged store (whose advice would be "restore it from a backup").
+    svc = service(world_tmp)
+    data = svc / "slabs" / "cell.lmdb" / "data.mdb"
+    os.chmod(data, 0)
+    proc = run_cli("backup", svc, world_tmp / "bk", drop_dac=True)
+    assert_one_line_error(proc, str(data), "permission denied", code=1)
+    assert "restore it from a backup" not in proc.stderr
+    os.chmod(data, 0o644)
+    # A directory that cannot be searched is named itself, not a file in it.
+    logs = svc / "logs"
+    logs.mkdir()
+    os.chmod(logs, 0)
+    proc = run_cli("backup", svc, world_tmp / "bk", drop_dac=True)
+    assert_one_line_error(proc, f"{logs}: ", "permission denied", code=1)
+    assert f"{logs}/" not in proc.stderr
+    assert sorted(os.listdir(world_tmp)) == ["cortex00"]
+
+
+def test_manifest_times_read_back_exactly() -> None:
+    # iso() and parse_iso() must round-trip: the manifest's snapshots.first is
+    # computed from the environments' parsed snapshot times and must print as
+    # the earliest of them (truncating the float once printed it 1 us early).
+    import random
+
+    rng = random.Random(7)
+    for _ in range(20000):
+        t = 1.7e9 + rng.random() * 1e8
+        text = manifest.iso(t)
+        assert manifest.iso(manifest.parse_iso(text)) == text
+        assert abs(manifest.parse_iso(text) - t) <= 0.5e-6 + 1e-6
 
 
 def test_corrupt_environment_in_source(tmp_path: Path) -> None:

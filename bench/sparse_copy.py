@@ -158,7 +158,7 @@ def main() -> int:
     sys.path.insert(0, os.fspath(ROOT))
     from bench.steady import steady_memory
 
-    with steady_memory(not args.unsteady) as how:
+    with steady_memory(not args.unsteady, drop_caches=not args.keep_caches) as how:
         print(f"# {how}", file=sys.stderr)
         return measure(args)
 

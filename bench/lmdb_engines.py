@@ -4,8 +4,9 @@ Contenders, each run as its own process so that wall time is the whole
 process's (interpreter start and imports included) and memory is the process's:
 
 - ``rebuild``   synfast.engines.rebuild_environment (native rebuild, fsynced)
-- ``compact``   synfast._lmdb.env_copy(compact=True) into a file, then fsync
-- ``raw``       synfast._lmdb.env_copy(compact=False) into a file, then fsync
+- ``compact``   synfast.lmdbenv.copy_environment(engine="compact") with writeback
+  started during the copy, then fsync (as a backup does)
+- ``raw``       the same with engine="raw" (mdb_env_copyfd2 without compaction)
 - ``mdb_copy-c`` ``mdb_copy -c`` (LMDB's tool; writes with O_DIRECT, no fsync)
 - ``cp-a``      ``cp -a`` of the environment directory (no fsync; not safe on a
   live environment, here only as the speed reference)
@@ -70,6 +71,9 @@ DATASETS = {
     "Bd": ((60, 120, 400, 1200), int(0.8 * GiB), 2),
 }
 SEED_OF = {"Bd": "B"}
+# C and Ac: datasets B and A rebuilt (compact, no free pages; C has only small
+# values, Ac mostly overflow values).
+REBUILT_FROM = {"C": "B", "Ac": "A"}
 DB_NAMES = [b"db0", b"db1", b"db2", b"db3"]
 
 CONTENDERS = ["rebuild", "compact", "raw", "mdb_copy-c", "cp-a", "cp-a+sync", "floor"]
@@ -91,12 +95,12 @@ def build_dataset(name: str, scale: float) -> Path:
         return path
     if path.exists():
         shutil.rmtree(path)
-    if name == "C":
-        # Dataset B after a rebuild: already compact, the case where ``auto``
-        # must pick raw.  Not in lmdb-copy-facts.md; used for the auto rule.
+    if name in REBUILT_FROM:
+        # A dataset after a rebuild: already compact, the case where ``auto``
+        # must not rebuild.  Not in lmdb-copy-facts.md; used for the auto rule.
         from synfast.engines import rebuild_environment
 
-        rep = rebuild_environment(build_dataset("B", scale), path)
+        rep = rebuild_environment(build_dataset(REBUILT_FROM[name], scale), path)
         done.write_text(f"last_pgno={rep['bytes_written'] // rep['page_size'] - 1} "
                         f"entries={rep['entries']}\n")
         return path
@@ -150,12 +154,15 @@ def driver(engine: str, src: str, dst: str) -> None:
 
         rebuild_environment(src, dst)
         return
-    from synfast._lmdb import env_copy
+    from synfast import lmdbenv
 
+    # As a backup copies with these engines: writeback started during the
+    # copy, then fsync.
     os.mkdir(dst)
-    fd = os.open(os.path.join(dst, "data.mdb"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    out = os.path.join(dst, "data.mdb")
+    lmdbenv.copy_environment(lmdbenv.locate(src), out, engine=engine, writeback=True)
+    fd = os.open(out, os.O_RDONLY)
     try:
-        env_copy(src, fd, compact=(engine == "compact"))
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -340,10 +347,11 @@ def bench(name: str, scale: float, runs: int, only: list[str], verify: bool) -> 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--dataset", choices=["A", "B", "Bd", "C", "both", "all"],
+    ap.add_argument("--dataset", choices=["A", "B", "Bd", "C", "Ac", "both", "all"],
                     default="all",
                     help="A and B as in lmdb-copy-facts.md; Bd is B with A's deletes (what "
-                    "the facts' measured B figures imply); C is B rebuilt (compact)")
+                    "the facts' measured B figures imply); C and Ac are B and A rebuilt "
+                    "(compact); all = A, B, C, Ac")
     ap.add_argument("--scale", type=float, default=1.0)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--only", default=",".join(DEFAULT_CONTENDERS),
@@ -362,7 +370,8 @@ def main() -> None:
     for e in only:
         if e not in CONTENDERS:
             ap.error(f"unknown contender {e!r}; choose from {', '.join(CONTENDERS)}")
-    names = {"both": ["A", "B"], "all": ["A", "B", "C"]}.get(args.dataset, [args.dataset])
+    names = {"both": ["A", "B"], "all": ["A", "B", "C", "Ac"]}.get(args.dataset,
+                                                                  [args.dataset])
     if args.build_only:
         for name in names:
             build_dataset(name, args.scale)

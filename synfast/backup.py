@@ -163,7 +163,8 @@ class _EnvCopier:
                 "txnid_max": raw["txnid"], "snapshot_time": manifest.iso(self.snapshot_time or t0),
                 "bytes_written": raw["bytes_written"],
             }
-        r = lmdbenv.copy_environment(e.env, out, engine=engine, mode=0o600, display_dst=display)
+        r = lmdbenv.copy_environment(e.env, out, engine=engine, mode=0o600, display_dst=display,
+                                     writeback=True)
         return {
             "engine": engine, "page_size": r.page_size, "map_size": r.map_size, "txnid": r.txnid,
             "txnid_exact": r.txnid_exact, "txnid_min": r.txnid_min, "txnid_max": r.txnid_max,

@@ -79,6 +79,11 @@ _CORRUPT_CODES = {INVALID, CORRUPTED, PAGE_NOTFOUND, VERSION_MISMATCH, PANIC}
 # The ``auto`` rule's thresholds; see choose_engine() and docs-draft/engines.md
 # for the measurements behind them.
 AUTO_MIN_REBUILD_SAVING = 0.10
+# An already compact environment goes to LMDB's compacting copy when it has at
+# most this many overflow pages per entry (each overflow value costs that copy a
+# hand-off between its threads: about 37 us each on dataset Ac, against 0.27 us
+# per entry that it saves over a rebuild on dataset C; break-even near 0.7%).
+AUTO_COMPACT_MAX_OVERFLOW = 0.005
 AUTO_SAMPLE_ENTRIES = 2000
 
 
@@ -334,7 +339,7 @@ def engine_facts(snapshot: Snapshot, sample: int = AUTO_SAMPLE_ENTRIES) -> dict[
 
 
 def choose_engine(source: str | os.PathLike[str] | Snapshot) -> str:
-    """Pick the engine for ``auto``: ``"raw"`` or ``"rebuild"``.
+    """Pick the engine for ``auto`` in ``synfast copy``: ``"rebuild"`` or ``"compact"``.
 
     ``source`` is an environment's path or a begun :class:`Snapshot` of it
     (pass the snapshot when you hold one: opening the environment a second
@@ -342,19 +347,21 @@ def choose_engine(source: str | os.PathLike[str] | Snapshot) -> str:
 
     Rule: ``rebuild`` when it is predicted to leave out at least
     AUTO_MIN_REBUILD_SAVING (10%) of the pages a raw copy would write (free
-    pages, and leaf pages left part full by random inserts); otherwise
-    ``raw``: an already compact environment comes out the same size either
-    way, and raw's cost grows with pages, not with entries.  ``compact`` is
-    never chosen: it writes the same pages as a rebuild at best, and on
-    overflow-heavy data it is the slowest engine.
+    pages, and leaf pages left part full by random inserts).  Otherwise the
+    environment is already compact and every engine writes the same pages;
+    then ``compact`` when it has few overflow values (at most
+    AUTO_COMPACT_MAX_OVERFLOW overflow pages per entry), else ``rebuild``.
+    ``raw`` is never chosen: it was the slower of the two on both compact
+    datasets.
 
-    Measured with bench/lmdb_engines.py (details in docs-draft/engines.md):
+    Measured with bench/lmdb_engines.py (steady memory, medians of 3):
     dataset A (overflow-heavy, deletes): predicted saving 27.9%, rebuild
-    wrote 1.96 GB against raw's 2.72 GB and compact's 2.25 GB, and was the
-    fastest of the three; dataset B (small values, random inserts, 4% free
-    pages): predicted saving 33.2%, rebuild 1.04 GB against 1.55 GB raw;
-    dataset C (B already rebuilt): predicted saving 1.1%, every engine writes
-    1.04 GB, raw is chosen.  Free pages alone would get B wrong.
+    1.96 GB in 2.49 s against raw's 2.72 GB in 4.20 s and compact's 2.25 GB
+    in 9.96 s; dataset B (small values, random inserts, 4% free pages):
+    predicted saving 33.2%, rebuild 1.04 GB against 1.55 GB raw.  Compact
+    datasets: C (B rebuilt; no overflow pages) compact 1.01 s, rebuild 1.53,
+    raw 1.69; Ac (A rebuilt; 0.5 overflow pages per entry) rebuild 1.54 s,
+    raw 2.89, compact 8.38.  Free pages alone would get B wrong.
     """
     if isinstance(source, Snapshot):
         facts = engine_facts(source)
@@ -368,4 +375,8 @@ def choose_engine(source: str | os.PathLike[str] | Snapshot) -> str:
 
 
 def _rule(facts: dict[str, Any]) -> str:
-    return "rebuild" if facts["rebuild_saving"] >= AUTO_MIN_REBUILD_SAVING else "raw"
+    if facts["rebuild_saving"] >= AUTO_MIN_REBUILD_SAVING:
+        return "rebuild"
+    if facts["overflow_pages"] <= AUTO_COMPACT_MAX_OVERFLOW * facts["entries"]:
+        return "compact"
+    return "rebuild"

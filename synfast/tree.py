@@ -470,8 +470,9 @@ class _EnvEngines:
             self.chosen[e.rel] = "rebuild"
         if self.engine == "auto":
             for e in envs:
-                if engines.choose_engine(self.snapshots[e.rel]) != "rebuild":
-                    self.chosen[e.rel] = "raw"
+                choice = engines.choose_engine(self.snapshots[e.rel])
+                if choice != "rebuild":
+                    self.chosen[e.rel] = choice
                     self.snapshots.pop(e.rel).close()
 
     def close(self) -> None:

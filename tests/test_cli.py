@@ -129,7 +129,7 @@ def test_copy_of_one_environment_with_each_engine(tmp_path: Path, engine: str) -
     proc = run_cli("copy", "--json", "--lmdb-engine", engine, env, tmp_path / "e2.lmdb")
     assert proc.returncode == 0, proc.stderr
     used = json.loads(proc.stdout)["environment_copies"][0]["engine"]
-    assert used == engine or (engine == "auto" and used in ("rebuild", "raw"))
+    assert used == engine or (engine == "auto" and used in ("rebuild", "compact"))
     assert sorted(os.listdir(tmp_path / "e2.lmdb")) == ["data.mdb"]
     assert mdb_dump(env) == mdb_dump(tmp_path / "e2.lmdb")
 

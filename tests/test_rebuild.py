@@ -592,7 +592,7 @@ def test_single_file_environment_keeps_its_layout(tmp_path):
     assert_same_data(src, dst, False, {b"x"})
 
 
-def test_auto_rebuilds_a_loose_environment_and_copies_a_compact_one_raw(tmp_path):
+def test_auto_rebuilds_a_loose_environment_and_compacts_a_compact_one(tmp_path):
     import random
 
     src, dst = tmp_path / "src", tmp_path / "dst"
@@ -614,8 +614,29 @@ def test_auto_rebuilds_a_loose_environment_and_copies_a_compact_one_raw(tmp_path
     written = report["bytes_written"] // report["page_size"]
     assert abs(facts["rebuild_pages"] - written) <= 0.08 * written
     assert facts["rebuild_saving"] >= engines.AUTO_MIN_REBUILD_SAVING
-    # a rebuilt environment is compact: nothing left to gain, raw is chosen
-    assert engines.choose_engine(dst) == "raw"
+    # a rebuilt environment is compact: nothing left to gain; with no overflow
+    # values LMDB's compacting copy is the fastest
+    assert engines.choose_engine(dst) == "compact"
+
+
+def test_auto_rebuilds_a_compact_environment_of_overflow_values(tmp_path):
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    env = lmdb.open(os.fspath(src), max_dbs=4, map_size=MAP_SIZE)
+    db = env.open_db(b"d")
+    with env.begin(write=True) as txn:
+        for i in range(3000):                 # in key order: pages full, nothing to gain
+            txn.put(b"k%08d" % i, os.urandom(5000 if i % 4 == 0 else 100), db=db)
+    env.close()
+    engines.rebuild_environment(src, dst)
+    snap = engines.open_snapshot(dst)
+    try:
+        facts = engines.engine_facts(snap)
+        assert facts["rebuild_saving"] < engines.AUTO_MIN_REBUILD_SAVING
+        assert facts["overflow_pages"] > engines.AUTO_COMPACT_MAX_OVERFLOW * facts["entries"]
+        # compact hands every overflow value between two threads: rebuild instead
+        assert engines.choose_engine(snap) == "rebuild"
+    finally:
+        snap.close()
 
 
 def _mapped_rss(path: Path) -> int:

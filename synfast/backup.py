@@ -99,7 +99,7 @@ class _EnvCopier:
     environment and begins all read transactions back to back
     (:func:`synfast.engines.open_snapshots`); each environment is then rebuilt
     from its snapshot.  In a backup ``auto`` means exactly that: the per
-    environment choice of ``raw`` that :func:`synfast.engines.choose_engine`
+    environment choice of ``compact`` that :func:`synfast.engines.choose_engine`
     makes for ``synfast copy`` is not used, because ``mdb_env_copyfd2`` takes
     its own snapshot when it starts (stock LMDB cannot copy from a read
     transaction we hold), which would break the single moment across

@@ -76,7 +76,7 @@ _META_MAGIC_OFFSET = 16
 
 _CORRUPT_CODES = {INVALID, CORRUPTED, PAGE_NOTFOUND, VERSION_MISMATCH, PANIC}
 
-# The ``auto`` rule's thresholds; see choose_engine() and docs-draft/engines.md
+# The ``auto`` rule's thresholds; see choose_engine() and the README's "How auto chooses"
 # for the measurements behind them.
 AUTO_MIN_REBUILD_SAVING = 0.10
 # An already compact environment goes to LMDB's compacting copy when it has at

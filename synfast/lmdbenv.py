@@ -310,12 +310,14 @@ def _writeback_while(fd: int, enabled: bool, every: float = 0.05) -> Iterator[No
         return
     import threading
 
+    from synfast._sparse import start_writeback
+
     stop = threading.Event()
 
     def kick() -> None:
         while not stop.wait(every):
             try:
-                os.sync_file_range(fd, 0, 0, os.SYNC_FILE_RANGE_WRITE)
+                start_writeback(fd)
             except OSError:
                 return      # only a head start; the caller's fsync reports errors
 

@@ -245,18 +245,26 @@ def rebuild_environment(
     return report
 
 
-def _output_error(err: LmdbError, tmp: Path, dst: Path) -> SynfastError | None:
-    """A failure of the output being written at ``tmp``, named as ``dst``, the
-    destination the caller asked for; LMDB's EIO on a full disk becomes the full
-    disk it is.  None when ``err`` is the source's."""
-    if err.path != os.fspath(tmp):
-        return None
+def _destination_error(err: LmdbError, out: Path, display: Path) -> SynfastError | None:
+    """``err`` as a failure to write the output ``out``, named ``display``, when
+    its code is the destination's (LMDB's EIO on a full disk becomes the full
+    disk it is), else None.  Must be judged before ``out`` is removed: removing
+    it frees the space that tells a full disk from another EIO."""
     from synfast import lmdbenv
 
-    code = lmdbenv.destination_errno(err.code, tmp)
-    if code is not None:
-        return from_oserror(OSError(code, os.strerror(code)), dst)
-    return _lmdb_error(LmdbError(os.fspath(dst), err.code, err.message, err.operation))
+    code = lmdbenv.destination_errno(err.code, out)
+    if code is None:
+        return None
+    return from_oserror(OSError(code, os.strerror(code)), display)
+
+
+def _output_error(err: LmdbError, tmp: Path, dst: Path) -> SynfastError | None:
+    """A failure of the output being written at ``tmp``, named as ``dst``, the
+    destination the caller asked for.  None when ``err`` is the source's."""
+    if err.path != os.fspath(tmp):
+        return None
+    return _destination_error(err, tmp, dst) or _lmdb_error(
+        LmdbError(os.fspath(dst), err.code, err.message, err.operation))
 
 
 def rebuild_data_file(snap: Snapshot, out: Path, display: Path,
@@ -274,10 +282,10 @@ def rebuild_data_file(snap: Snapshot, out: Path, display: Path,
     try:
         return snap.rebuild(os.fspath(out), subdir=False)
     except LmdbError as err:
+        mine = _destination_error(err, out, display)
         remove_path(out)
-        code = lmdbenv.destination_errno(err.code, out)
-        if code is not None:
-            raise from_oserror(OSError(code, os.strerror(code)), display) from err
+        if mine is not None:
+            raise mine from err
         raise lmdbenv._lmdb_error(err, source) from err
     except OSError as err:
         remove_path(out)

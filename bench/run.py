@@ -51,6 +51,7 @@ if os.fspath(ROOT) not in sys.path:
 from bench import contenders as C  # noqa: E402
 from bench import datasets as D  # noqa: E402
 from bench import report as R  # noqa: E402
+from bench.steady import drop_page_cache, steady_memory  # noqa: E402
 
 GNU_TIME = "/usr/bin/time"
 BASELINE = "cp-a"
@@ -182,9 +183,8 @@ def _remove(path: Path) -> None:
 
 def drop_caches() -> str | None:
     """sync, then drop the page cache; None when done, else why not."""
-    subprocess.run(["sync"], check=False)
     try:
-        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        drop_page_cache(3)
     except OSError as err:
         return str(err)
     return None
@@ -369,8 +369,6 @@ def main(argv: list[str] | None = None) -> int:
     }
     verifier = D.Verifier(args.cache)
     stamp = started.strftime("%Y%m%dT%H%M%SZ")
-    from bench.steady import steady_memory
-
     with steady_memory(not args.unsteady) as how:
         log(how)
         doc["options"]["memory"] = how

@@ -152,13 +152,12 @@ def main() -> int:
     ap.add_argument("--unsteady", action="store_true",
                     help="leave free page reporting as it is (see bench/steady.py)")
     args = ap.parse_args()
-    if not args.keep_caches and os.geteuid() == 0:
-        os.sync()
-        Path("/proc/sys/vm/drop_caches").write_text("1\n")
     sys.path.insert(0, os.fspath(ROOT))
-    from bench.steady import steady_memory
+    from bench.steady import drop_page_cache, steady_memory
 
-    with steady_memory(not args.unsteady, drop_caches=not args.keep_caches) as how:
+    if not args.keep_caches and os.geteuid() == 0:
+        drop_page_cache()
+    with steady_memory(not args.unsteady, drop_caches=False) as how:
         print(f"# {how}", file=sys.stderr)
         return measure(args)
 

@@ -30,6 +30,13 @@ PARAMS = Path("/sys/module/page_reporting/parameters")
 MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0x8000)
 
 
+def drop_page_cache(level: int = 1) -> None:
+    """sync, then drop the clean page cache (1), or dentries and inodes too (3).
+    Root only: raises OSError otherwise."""
+    os.sync()
+    Path("/proc/sys/vm/drop_caches").write_text(f"{level}\n")
+
+
 def _free_bytes() -> int:
     with open("/proc/meminfo") as f:
         for line in f:
@@ -70,8 +77,7 @@ def steady_memory(enabled: bool = True, hold_ms: int = 100_000,
             # Free the clean page cache while freed pages are held, so that
             # there is free memory to prefault and no contender pays for
             # reclaiming another's pages (the benchmarks warm their sources up).
-            os.sync()
-            Path("/proc/sys/vm/drop_caches").write_text("1\n")
+            drop_page_cache()
         touched = prefault()
         yield (f"free page reporting held for {hold_ms} ms "
                f"(was {saved.get('min_free_ms')}); page cache dropped: {drop_caches}; "

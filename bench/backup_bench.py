@@ -19,6 +19,12 @@ process's, interpreter start included), page cache warm, ``sync`` before each:
 - ``synfast``     ``synfast backup`` with its defaults (engine auto, checksums,
   fsync, page cache dropped), and variants with options after a colon, e.g.
   ``synfast:--no-checksum``, ``synfast:--no-fsync+--lmdb-engine=compact``
+- ``floor``       ``dd`` writing as many zero bytes as the last ``synfast`` run's
+  output holds (allocated) into one file and fsyncing it: the time this
+  machine's disk needs to make that much data durable, a floor for any backup
+  that fsyncs what it writes (``cp -a`` does not)
+
+``cpu`` is the contender's user plus system time (``/usr/bin/time``).
 
 Memory: ``maxrss`` is the kernel's peak RSS (which counts the pages of the
 source environments mapped by LMDB: file pages, reclaimable), ``anon`` the peak
@@ -122,7 +128,13 @@ def pylmdb_driver(src: str, dst: str) -> None:
                 shutil.copy(p, os.path.join(out, name))
 
 
-def command(contender: str, src: Path, dst: Path) -> list[str]:
+def command(contender: str, src: Path, dst: Path, floor_bytes: int = 0) -> list[str]:
+    if contender == "floor":
+        if not floor_bytes:
+            raise SystemExit("the floor contender needs a synfast run before it")
+        return ["sh", "-c", 'mkdir "$0" && exec dd if=/dev/zero of="$0/floor" bs=1M '
+                'count="$1" conv=fsync status=none', os.fspath(dst),
+                str(-(-floor_bytes // (1 << 20)))]
     if contender == "cp-a":
         return ["cp", "-a", os.fspath(src), os.fspath(dst)]
     if contender == "cp-a+sync":
@@ -149,7 +161,7 @@ def _anon(pid: int) -> int:
 
 def run(cmd: list[str]) -> dict:
     time_out = CACHE / "backup-bench-time.out"
-    full = ["/usr/bin/time", "-f", "%e %M", "-o", os.fspath(time_out), *cmd]
+    full = ["/usr/bin/time", "-f", "%e %M %U %S", "-o", os.fspath(time_out), *cmd]
     subprocess.run(["sync"], check=True)
     peak = [0]
     t0 = time.monotonic()
@@ -174,8 +186,9 @@ def run(cmd: list[str]) -> dict:
     th.join()
     if rc != 0:
         raise SystemExit(f"{' '.join(cmd)} failed with {rc}")
-    _, maxrss_kb = time_out.read_text().split()[-2:]
-    return {"wall": wall, "maxrss": int(maxrss_kb) * 1024, "anon": peak[0]}
+    _, maxrss_kb, user, system = time_out.read_text().split()[-4:]
+    return {"wall": wall, "maxrss": int(maxrss_kb) * 1024, "anon": peak[0],
+            "cpu": float(user) + float(system)}
 
 
 def allocated(path: Path) -> int:
@@ -214,12 +227,16 @@ def measure(svc: Path, contenders: list[str]) -> None:
     src_alloc = allocated(svc)
     print(f"# service {svc}: {src_alloc / 1e9:.2f} GB allocated", flush=True)
     rows = []
+    floor_bytes = 0
     for contender in contenders:
         dst = out_root / "out"
-        r = run(command(contender, svc, dst))
+        r = run(command(contender, svc, dst, floor_bytes))
         r["size"] = allocated(dst)
+        if contender.startswith("synfast"):
+            floor_bytes = r["size"]
         rows.append((contender, r))
-        print(f"{contender:34s} {r['wall']:7.2f} s  out {r['size'] / 1e9:6.2f} GB  "
+        print(f"{contender:34s} {r['wall']:7.2f} s  cpu {r['cpu']:5.2f} s  "
+              f"out {r['size'] / 1e9:6.2f} GB  "
               f"maxrss {r['maxrss'] / 2**20:7.1f} MiB  anon {r['anon'] / 2**20:7.1f} MiB",
               flush=True)
         shutil.rmtree(dst)
@@ -233,12 +250,13 @@ def measure(svc: Path, contenders: list[str]) -> None:
     def x(wall: float, base: float | None) -> str:
         return f"{wall / base:.2f}" if base else "-"
 
-    print("\n| contender | wall | x cp -a | x cp -a+sync | x pylmdb | output | maxrss "
+    print("\n| contender | wall | cpu | x cp -a | x cp -a+sync | x pylmdb | output | maxrss "
           "| anon peak |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for i, (name, r) in enumerate(rows):
         cp, cps, py = ref(i, "cp-a"), ref(i, "cp-a+sync"), ref(i, "pylmdb")
-        print(f"| {name} | {r['wall']:.2f} s | {x(r['wall'], cp)} | {x(r['wall'], cps)} "
+        print(f"| {name} | {r['wall']:.2f} s | {r['cpu']:.2f} s | {x(r['wall'], cp)} "
+              f"| {x(r['wall'], cps)} "
               f"| {x(r['wall'], py)} | {r['size'] / 1e9:.2f} GB | "
               f"{r['maxrss'] / 2**20:.0f} MiB | {r['anon'] / 2**20:.0f} MiB |")
 

@@ -200,6 +200,8 @@ _REQUIRED = {
     "totals": dict,
 }
 _ENTRY_REQUIRED = {"path": str, "type": str, "mode": int}
+_ENV_REQUIRED = {"path": str, "data": str, "layout": str, "databases": dict,
+                 "main_entries": int, "entries": int}
 
 
 def validate(obj: Any, where: Path) -> dict:
@@ -214,11 +216,42 @@ def validate(obj: Any, where: Path) -> dict:
         if not isinstance(obj.get(key), kind):
             raise ManifestError(where, f"is incomplete: field {key!r} missing or wrong",
                                 "the backup is damaged; use another one")
+    def incomplete(what: str) -> ManifestError:
+        return ManifestError(where, f"is incomplete: {what}",
+                             "the backup is damaged; use another one")
+
+    def has(d: Any, key: str, kind: Any) -> bool:
+        # bool is an int in Python; no count or size of ours is a bool
+        v = d.get(key) if isinstance(d, dict) else None
+        return isinstance(v, kind) and not isinstance(v, bool)
+
+    seen: set[str] = set()
+    with_checksums = isinstance(obj["checksum"], str)
     for i, entry in enumerate(obj["entries"]):
         for key, kind in _ENTRY_REQUIRED.items():
-            if not isinstance(entry, dict) or not isinstance(entry.get(key), kind):
-                raise ManifestError(where, f"is incomplete: entry {i} lacks {key!r}",
-                                    "the backup is damaged; use another one")
+            if not has(entry, key, kind):
+                raise incomplete(f"entry {i} lacks {key!r}")
+        kind_ = entry["type"]
+        if kind_ not in ("dir", "file", "env", "symlink"):
+            raise incomplete(f"entry {i} has an unknown type {kind_!r}")
+        if entry["path"] in seen:
+            raise incomplete(f"entry {i} lists {entry['path']!r} a second time")
+        seen.add(entry["path"])
+        if kind_ in ("file", "env"):
+            if not has(entry, "size", int):
+                raise incomplete(f"entry {i} lacks 'size'")
+            # A backup made with checksums has one for every file.
+            if with_checksums and not has(entry, "checksum", str):
+                raise incomplete(f"entry {i} lacks 'checksum'")
+        if kind_ == "symlink" and not has(entry, "target", str):
+            raise incomplete(f"entry {i} lacks 'target'")
+    for i, env in enumerate(obj["environments"]):
+        for key, kind in _ENV_REQUIRED.items():
+            if not has(env, key, kind):
+                raise incomplete(f"environment {i} lacks {key!r}")
+        if not all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
+                   for k, v in env["databases"].items()):
+            raise incomplete(f"environment {i} has bad 'databases'")
     return obj
 
 

@@ -10,6 +10,10 @@ walk of every database with the entry counts of the manifest.
 An environment is opened with MDB_NOLOCK (it is our private copy: no lock file
 is created inside the backup), and only when its data file matched the
 manifest: LMDB trusts its pages, and a damaged file could crash the process.
+When no checksum vouched for the data file (``--no-checksum``, or a backup
+made without checksums), "matched" means only "has the right size", so the
+walk runs in a forked child: a damaged file that makes LMDB crash or abort is
+then reported as damaged instead of taking verify down with it.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from synfast import manifest
 from synfast.manifest import ManifestError
@@ -140,9 +145,10 @@ def verify(backup: str | os.PathLike[str], *, checksums: bool = True,
                 bad_data.add(e["path"])
 
     env_files = set()
+    vouched = {e["path"] for e in to_hash} - bad_data
     for env in doc["environments"]:
         env_files.add(env["data"])
-        _check_env(b, env, bad_data, report, problem)
+        _check_env(b, env, bad_data, report, problem, isolate=env["data"] not in vouched)
 
     # Anything present that the manifest does not list.
     for dirpath, dirnames, filenames in os.walk(b):
@@ -169,7 +175,54 @@ def verify(backup: str | os.PathLike[str], *, checksums: bool = True,
     return report
 
 
-def _check_env(b: Path, env: dict, bad_data: set[str], report: VerifyReport, problem) -> None:
+def _walk_isolated(path: str, subdir: bool) -> dict:
+    """``_lmdb.env_walk`` in a forked child.  Its result, or its LmdbError or
+    OSError, comes back through a pipe; a child killed by a signal (LMDB
+    crashing, or aborting on a failed assertion, on a damaged file) raises
+    :class:`EnvCrashed`."""
+    import pickle
+    import signal
+
+    from synfast import _lmdb
+
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:   # the child: never returns
+        code = 0
+        try:
+            os.close(rfd)
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, 2)    # LMDB's assertion message is ours to word
+            try:
+                out: Any = _lmdb.env_walk(path, subdir, True, True)
+            except (_lmdb.LmdbError, OSError) as err:
+                out = err
+            with os.fdopen(wfd, "wb") as w:
+                pickle.dump(out, w)
+        except BaseException:
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(wfd)
+    with os.fdopen(rfd, "rb") as r:
+        data = r.read()
+    _, status = os.waitpid(pid, 0)
+    if os.WIFSIGNALED(status):
+        raise EnvCrashed(signal.Signals(os.WTERMSIG(status)).name)
+    if os.WEXITSTATUS(status) != 0 or not data:
+        raise EnvCrashed(f"exit status {os.WEXITSTATUS(status)}")
+    out = pickle.loads(data)
+    if isinstance(out, BaseException):
+        raise out
+    return out
+
+
+class EnvCrashed(Exception):
+    """Walking an environment killed the child process that walked it."""
+
+
+def _check_env(b: Path, env: dict, bad_data: set[str], report: VerifyReport, problem,
+               isolate: bool = False) -> None:
     from synfast import _lmdb
 
     rel = env["path"]
@@ -177,8 +230,14 @@ def _check_env(b: Path, env: dict, bad_data: set[str], report: VerifyReport, pro
         problem(rel, "environment not opened: its data file does not match the manifest")
         return
     subdir = env.get("layout") == "directory"
+    path = os.fspath(b / rel if rel else b)
     try:
-        walked = _lmdb.env_walk(os.fspath(b / rel if rel else b), subdir, True, True)
+        walked = (_walk_isolated(path, subdir) if isolate
+                  else _lmdb.env_walk(path, subdir, True, True))
+    except EnvCrashed as err:
+        problem(rel, f"environment is damaged: reading it crashed LMDB ({err}); "
+                "restore from another backup")
+        return
     except _lmdb.LmdbError as err:
         problem(rel, f"environment does not open or walk: {err.operation}: {err.message}")
         return
@@ -189,6 +248,11 @@ def _check_env(b: Path, env: dict, bad_data: set[str], report: VerifyReport, pro
     named = walked["named"]
     report.entries_walked += walked["main"]["entries"] + sum(d["entries"] for d in
                                                              named.values())
+    # As the backup counts them: the main database's records of named
+    # databases are not entries.
+    total = walked["main"]["entries"] - len(named) + sum(d["entries"] for d in named.values())
+    if total != env.get("entries"):
+        problem(rel, f"holds {total} entries in all, the manifest says {env.get('entries')}")
     if walked["main"]["entries"] != env.get("main_entries"):
         problem(rel, f"main database holds {walked['main']['entries']} entries, the manifest "
                 f"says {env.get('main_entries')}")

@@ -103,3 +103,63 @@ def test_missing_or_broken_manifest(made: Path, tmp_path: Path) -> None:
     assert problems(made)[0] == f"{mf}: is missing (not a complete synfast backup)"
     proc = run_cli("verify", tmp_path / "nothing")
     assert proc.returncode == 1 and "does not exist" in proc.stdout
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_damaged_environment_without_checksums_is_reported_not_a_crash(made: Path,
+                                                                      seed: int) -> None:
+    # With --no-checksum a damaged data file of the right size is opened; LMDB
+    # trusts its pages and may crash or abort on garbage.  Verify must report
+    # it, one line, exit 1, whatever LMDB does (or pass, exit 0, when the bytes
+    # hit only values: without checksums nothing reads them).
+    import random
+
+    env = made / "slabs" / "cell.lmdb"
+    data = env / "data.mdb"
+    rng = random.Random(seed)
+    used = lmdbenv.read_meta(data).used_size
+    with open(data, "r+b") as f:
+        for _ in range(8):
+            f.seek(rng.randrange(8192, used - 64))
+            f.write(rng.randbytes(64))
+    proc = run_cli("verify", "--no-checksum", made)
+    assert proc.returncode in (0, 1), (proc.returncode, proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr and "Assertion" not in proc.stderr
+    if proc.returncode == 1:
+        assert [line for line in proc.stdout.splitlines()
+                if not line.startswith(f"{env}: ")] == [], proc.stdout
+
+
+@pytest.mark.parametrize("damage, says", [
+    (lambda d: d["environments"][0].__setitem__("databases", 5),
+     "environment 0 lacks 'databases'"),
+    (lambda d: d["environments"][0]["databases"].__setitem__("x", "many"),
+     "environment 0 has bad 'databases'"),
+    (lambda d: d["environments"][0].__setitem__("entries", "x"), "environment 0 lacks 'entries'"),
+    (lambda d: next(e for e in d["entries"] if e["type"] == "file").__setitem__("checksum", None),
+     "lacks 'checksum'"),
+    (lambda d: next(e for e in d["entries"] if e["type"] == "file").__setitem__("size", "abc"),
+     "lacks 'size'"),
+    (lambda d: d["entries"].append(dict(d["entries"][-1])), "a second time"),
+    (lambda d: d["entries"][0].__setitem__("type", "fifo"), "unknown type 'fifo'"),
+])
+def test_a_manifest_of_the_wrong_shape_is_one_line_not_a_traceback(made: Path, damage,
+                                                                  says: str) -> None:
+    mf = made / ".synfast" / "manifest.json"
+    doc = json.loads(mf.read_text())
+    damage(doc)
+    mf.write_text(json.dumps(doc))
+    lines = problems(made)
+    assert lines[0].startswith(f"{mf}: is incomplete: ") and says in lines[0], lines
+    assert len(lines) == 1
+
+
+def test_total_entries_of_an_environment_are_checked(made: Path) -> None:
+    mf = made / ".synfast" / "manifest.json"
+    doc = json.loads(mf.read_text())
+    cell = next(e for e in doc["environments"] if e["path"] == "slabs/cell.lmdb")
+    cell["entries"] += 1
+    mf.write_text(json.dumps(doc))
+    env = made / "slabs" / "cell.lmdb"
+    assert problems(made) == [f"{env}: holds {cell['entries'] - 1} entries in all, the manifest "
+                              f"says {cell['entries']}"]

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import ctypes
 import fnmatch
+import math
 import os
 import platform
 import shutil
@@ -174,6 +175,27 @@ class _EnvCopier:
 
 # ------------------------------------------------------------------ walking
 
+def _skipped_record(path: str, kind: str) -> dict:
+    """How a skipped entry appears in the manifest and in ``--json``."""
+    return {"path": path, "type": kind, "reason": "removed during the backup"
+            if kind.startswith("file removed") else "not a regular file"}
+
+
+def _check_excludes(src: Path, patterns: tuple[str, ...]) -> None:
+    """Refuse --exclude patterns that can never match a path relative to SRC
+    (a user who gave one would believe the path was left out)."""
+    for p in patterns:
+        if not p.strip("/"):
+            raise UsageError(None, f"--exclude {p!r} matches nothing",
+                             "give a path or glob relative to the source")
+        if ".." in p.split("/"):
+            raise UsageError(None, f"--exclude {p!r} climbs out of the source with ..",
+                             "give a path or glob relative to the source")
+        if p.startswith("/") and (p == str(src) or p.startswith(str(src) + "/")):
+            raise UsageError(None, f"--exclude {p!r} is a full path",
+                             f"give it relative to the source: {p[len(str(src)) + 1:] or '.'}")
+
+
 def _walk(src: Path, exclude: tuple[str, ...],
           skip_dirs: tuple[str, ...]) -> tuple[Plan, list[str]]:
     """Classify everything under ``src`` like :func:`synfast.tree.plan`, leaving
@@ -182,7 +204,13 @@ def _walk(src: Path, exclude: tuple[str, ...],
     ``/``).  Returns the plan and the relative paths left out.  Entries the
     live service removes while we walk are passed over."""
     left_out: list[str] = []
-    the_plan = walk_tree(src, excluded=(lambda rel: _matches(rel, exclude)) if exclude else None,
+
+    def excluded(rel: str) -> bool:
+        # The source's own .synfast (a backup, or a directory restored with
+        # cp -a) would collide with the backup's manifest directory.
+        return rel == manifest.META_DIR or _matches(rel, exclude)
+
+    the_plan = walk_tree(src, excluded=excluded,
                          skip_dirs=frozenset(skip_dirs), vanished_ok=True, left_out=left_out)
     return the_plan, left_out
 
@@ -423,7 +451,7 @@ class BackupReport:
                                    "bytes_written")}
                 for e in m.get("environments", [])
             ],
-            "skipped": [{"path": p, "type": t} for p, t in self.skipped],
+            "skipped": [_skipped_record(p, t) for p, t in self.skipped],
             "excluded": self.excluded,
             "stale_partials": [p.as_dict() for p in self.stale_partials],
             "removed_partials": [str(p) for p in self.removed_partials],
@@ -487,11 +515,19 @@ def backup(
                          f"not {engine!r}")
     if ionice is not None and ionice not in IONICE:
         raise UsageError(None, f"--ionice takes idle or low, not {ionice!r}")
-    if bwlimit is not None and bwlimit <= 0:
+    if bwlimit is not None and not (math.isfinite(bwlimit) and bwlimit > 0):
         raise UsageError(None, "--bwlimit must be a positive number of MB/s")
+    if not os.fspath(source):
+        raise UsageError(None, "SRC is empty", "give the service's directory")
+    if not os.fspath(destination):
+        raise UsageError(None, "DST is empty", "give the backup's directory")
     started = time.time()
     t0 = time.monotonic()
     src = Path(os.path.abspath(source))
+    if src.is_symlink():
+        # Back up what it points to: the backup's root then records the
+        # directory's mode and times, not the link's.
+        src = Path(os.path.realpath(src))
     dst = resolve_destination(destination, started)
     try:
         sst = os.stat(src)
@@ -501,6 +537,7 @@ def backup(
         raise from_oserror(err, src) from err
     if not stat.S_ISDIR(sst.st_mode):
         raise UsageError(src, "is not a directory", "give the service's directory")
+    _check_excludes(src, exclude)
     # Where the destination would be, judged before its parent must exist: a
     # destination inside the source is the mistake to name, even when the
     # directories it needs are missing too.
@@ -529,6 +566,10 @@ def backup(
         else:
             report.stale_partials.append(p)
     if os.path.lexists(partial):
+        if clean_partial:
+            # --clean-partial removes only what a synfast backup left.
+            raise DestinationExists(partial, "exists and is not an unfinished synfast backup",
+                                    "move it away or choose another destination")
         raise DestinationExists(partial, "exists (left by an interrupted backup)",
                                 "pass --clean-partial to remove it")
     if ionice:
@@ -759,9 +800,7 @@ def _execute(the_plan: Plan, tmp: Path, report: BackupReport, *, engine: str,
         },
         "entries": entries,
         "environments": envs_out,
-        "skipped": [{"path": p, "type": t, "reason": "removed during the backup"
-                     if t.startswith("file removed") else "not a regular file"}
-                    for p, t in report.skipped],
+        "skipped": [_skipped_record(p, t) for p, t in report.skipped],
         "excluded": report.excluded,
         "totals": {
             "files": sum(1 for r in regular if r["type"] == "file"),

@@ -341,6 +341,48 @@ def test_bad_sources_and_destinations(tmp_path: Path) -> None:
     assert sorted(os.listdir(tmp_path)) == ["cortex00", "exists"]
 
 
+def test_options_that_could_only_mislead_are_refused(tmp_path: Path) -> None:
+    svc = service(tmp_path)
+    bk = tmp_path / "bk"
+    for value in ("nan", "inf"):   # NaN would also make the manifest invalid JSON
+        assert_one_line_error(run_cli("backup", "--bwlimit", value, svc, bk), "--bwlimit",
+                              code=2)
+    # an empty SRC is not the current directory
+    assert_one_line_error(run_cli("backup", "", bk), "SRC is empty", code=2)
+    # --exclude patterns that can never match a path relative to SRC
+    assert_one_line_error(run_cli("backup", "--exclude", "../cortex00/cell.yaml", svc, bk),
+                          "climbs out", code=2)
+    proc = run_cli("backup", "--exclude", str(svc / "slabs" / "empty"), svc, bk)
+    assert_one_line_error(proc, "full path", "relative to the source: slabs/empty", code=2)
+    # --clean-partial does not remove what is not a synfast partial, and says so
+    (tmp_path / "bk.partial").mkdir()
+    (tmp_path / "bk.partial" / "mine").write_text("z")
+    proc = run_cli("backup", "--clean-partial", svc, bk)
+    assert_one_line_error(proc, str(tmp_path / "bk.partial"), "not an unfinished synfast",
+                          code=1)
+    assert (tmp_path / "bk.partial").is_dir() and not bk.exists()
+
+
+def test_source_through_a_symlink_and_with_its_own_synfast_directory(tmp_path: Path) -> None:
+    svc = service(tmp_path)
+    # a backup of a directory restored with cp -a, or of a backup, has a .synfast
+    (svc / ".synfast").mkdir()
+    (svc / ".synfast" / "notes").write_text("x")
+    (svc / "slabs" / ".synfast").mkdir()                  # only the top one is ours
+    (svc / "slabs" / ".synfast" / "keep").write_text("y")
+    link = tmp_path / "svclink"
+    link.symlink_to(svc)
+    bk = tmp_path / "bk"
+    out = json.loads(backup_ok(link, bk, "--json").stdout)
+    assert ".synfast" in out["excluded"]
+    assert out["skipped"] and all(s["reason"] for s in out["skipped"])
+    assert (bk / "slabs" / ".synfast" / "keep").read_text() == "y"
+    assert not (bk / ".synfast" / "notes").exists()
+    proc = run_cli("verify", bk)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert manifest.read(bk)["source"] == str(svc)
+
+
 @pytest.mark.skipif(not shutil.which("setpriv"), reason="setpriv (util-linux) is not installed")
 def test_unreadable_file_in_source(world_tmp: Path) -> None:
     svc = service(world_tmp)
@@ -445,8 +487,8 @@ def test_file_removed_by_the_service_during_the_backup_is_listed(tmp_path: Path)
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, err
-    assert {"path": "cell.yaml", "type": "file removed during the backup"} in \
-        json.loads(out)["skipped"]
+    assert {"path": "cell.yaml", "type": "file removed during the backup",
+            "reason": "removed during the backup"} in json.loads(out)["skipped"]
     assert "cell.yaml: skipped file removed during the backup" in err
     assert not (tmp_path / "bk" / "cell.yaml").exists()
     assert run_cli("verify", tmp_path / "bk").returncode == 0

@@ -226,6 +226,21 @@ def _matches(rel: str, patterns: tuple[str, ...]) -> bool:
 
 # ------------------------------------------------------------------ helpers
 
+#: Set when the backup is interrupted (Ctrl-C reaches the main thread only):
+#: copy threads that check it stop at their next chunk instead of finishing a
+#: file that may take hours at a low --bwlimit.
+_CANCEL = threading.Event()
+
+
+class Cancelled(Exception):
+    """A copy thread stopped because the backup was interrupted."""
+
+
+def check_cancelled() -> None:
+    if _CANCEL.is_set():
+        raise Cancelled()
+
+
 class Throttle:
     """A token bucket shared by all copy threads: callers ``consume`` the bytes
     they wrote and sleep as long as it takes to keep to ``rate`` bytes/s on
@@ -241,8 +256,8 @@ class Throttle:
             now = time.monotonic()
             self.clock = max(self.clock, now - 0.25) + n / self.rate
             delay = self.clock - now
-        if delay > 0:
-            time.sleep(delay)
+        if delay > 0 and _CANCEL.wait(delay):
+            raise Cancelled()
 
 
 def set_ionice(level: str) -> None:
@@ -271,7 +286,8 @@ def pause_point(name: str) -> None:
         sys.stderr.flush()
         resume = os.environ.get(RESUME_ENV)
         while not (resume and os.path.exists(resume)):
-            time.sleep(0.05 if resume else 3600)
+            if _CANCEL.wait(0.05 if resume else 3600):
+                raise Cancelled()
 
 
 def _drop_cache(path: Path) -> None:
@@ -331,6 +347,7 @@ def copy_file_chunked(src: Path, dst: Path, st: os.stat_result, *, throttle: Thr
                     raise from_oserror(err, display_dst) from err
                 off += len(chunk)
                 done += len(chunk)
+                check_cancelled()
                 if throttle is not None:
                     throttle.consume(len(chunk))
                 if on_chunk is not None:
@@ -521,6 +538,7 @@ def backup(
         raise UsageError(None, "SRC is empty", "give the service's directory")
     if not os.fspath(destination):
         raise UsageError(None, "DST is empty", "give the backup's directory")
+    _CANCEL.clear()
     started = time.time()
     t0 = time.monotonic()
     src = Path(os.path.abspath(source))
@@ -707,6 +725,7 @@ def _execute(the_plan: Plan, tmp: Path, report: BackupReport, *, engine: str,
                         raise
 
         def copy_one(e: Entry) -> None:
+            check_cancelled()
             out = tmp / e.rel
             display = report.destination / e.rel
             if throttle is not None or mid_file_hook:
@@ -722,6 +741,7 @@ def _execute(the_plan: Plan, tmp: Path, report: BackupReport, *, engine: str,
             finish(e, out, written)
 
         def do_env(e: Entry) -> None:
+            check_cancelled()
             out = tmp / e.rel
             display = report.destination / e.rel
             facts = copier.copy(e, out, display)
@@ -748,7 +768,8 @@ def _execute(the_plan: Plan, tmp: Path, report: BackupReport, *, engine: str,
 
         workers = max(1, jobs or min(4, os.cpu_count() or 1))
         run_all(lambda e: (do_env if e.kind == "env" else do_file)(e), work, workers,
-                "synfast-bk", serial=lambda e: e.kind == "file" and e.weight < SMALL_FILE)
+                "synfast-bk", serial=lambda e: e.kind == "file" and e.weight < SMALL_FILE,
+                cancel=_CANCEL)
     finally:
         copier.close()
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import stat
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -392,10 +393,12 @@ def _execute(the_plan: Plan, tmp: Path, report: CopyReport, *, reflink: str, spa
 
 
 def run_all(fn: Callable[[T], object], items: list[T], workers: int, name: str,
-            serial: Callable[[T], bool] | None = None) -> None:
+            serial: Callable[[T], bool] | None = None,
+            cancel: threading.Event | None = None) -> None:
     """Call ``fn`` on every item, ``workers`` at a time (in order when one).  The
     first failure cancels what has not started, waits for what has, and is
-    raised.
+    raised.  An exception in the calling thread (Ctrl-C) sets ``cancel``, for
+    workers that check it, before waiting for them.
 
     Items for which ``serial`` is true are done one after another by a single
     worker, beside the others: for small files, two threads creating files side
@@ -413,7 +416,7 @@ def run_all(fn: Callable[[T], object], items: list[T], workers: int, name: str,
 
             # The batch starts first, beside the largest of the rest.
             return run_all(lambda i: in_turn(i) if i is _SERIAL else fn(i),
-                           [_SERIAL, *rest], workers, name)
+                           [_SERIAL, *rest], workers, name, cancel=cancel)
     if workers <= 1 or len(items) <= 1:
         for item in items:
             fn(item)
@@ -424,7 +427,14 @@ def run_all(fn: Callable[[T], object], items: list[T], workers: int, name: str,
 
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name) as pool:
         futures = [pool.submit(fn, item) for item in items]
-        _, pending = wait(futures, return_when=FIRST_EXCEPTION)
+        try:
+            _, pending = wait(futures, return_when=FIRST_EXCEPTION)
+        except BaseException:
+            if cancel is not None:
+                cancel.set()
+            for f in futures:
+                f.cancel()
+            raise
         for f in pending:
             f.cancel()
         for f in futures:

@@ -298,6 +298,26 @@ def test_killed_backup_leaves_no_destination(tmp_path: Path, point: str) -> None
     assert run_cli("verify", dst).returncode == 0
 
 
+@pytest.mark.parametrize("point", backup_api.PAUSE_POINTS)
+def test_interrupted_backup_stops_promptly_and_removes_its_partial(tmp_path: Path,
+                                                                  point: str) -> None:
+    # Ctrl-C reaches only the main thread; a copy thread in the middle of a
+    # file (here held there by the test hook, which never resumes) must stop
+    # too, or the interrupted backup waits for the file, forever here.
+    svc = service(tmp_path)
+    write_layout(svc / "blob", 8 << 20, [(0, os.urandom(4 << 20))])
+    dst = tmp_path / "bk"
+    proc = _run_until_paused(point, svc, dst)
+    proc.send_signal(signal.SIGINT)
+    try:
+        assert proc.wait(timeout=30) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "Traceback" not in proc.stderr.read()
+    assert not dst.exists() and not (tmp_path / "bk.partial").exists()
+
+
 def test_running_backup_partial_is_left_alone(tmp_path: Path) -> None:
     svc = service(tmp_path)
     proc = _run_until_paused("snapshots-taken", svc, tmp_path / "bk")

@@ -175,6 +175,16 @@ class _EnvCopier:
 
 # ------------------------------------------------------------------ walking
 
+def _gone_or_replaced(path: Path) -> bool:
+    """Whether the regular file planned at ``path`` is no longer one."""
+    try:
+        return not stat.S_ISREG(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+
+
 def _skipped_record(path: str, kind: str) -> dict:
     """How a skipped entry appears in the manifest and in ``--json``."""
     return {"path": path, "type": kind, "reason": "removed during the backup"
@@ -710,19 +720,25 @@ def _execute(the_plan: Plan, tmp: Path, report: BackupReport, *, engine: str,
         def do_file(e: Entry) -> None:
             # A file the service changes while we copy it is copied again (it may
             # be a log being appended to); only a file that keeps changing fails.
-            # A file the service removed meanwhile is left out and listed.
+            # A file the service removed meanwhile, or replaced with something
+            # that is not a regular file, is left out and listed.
             for attempt in range(FILE_ATTEMPTS):
                 try:
                     return copy_one(e)
                 except SourceChanged:
-                    try:
-                        e.st = os.lstat(src / e.rel)
-                    except FileNotFoundError:
-                        with lock:
-                            vanished.append(e.rel)
-                        return None
-                    if attempt == FILE_ATTEMPTS - 1 or not stat.S_ISREG(e.st.st_mode):
+                    if attempt == FILE_ATTEMPTS - 1 and not _gone_or_replaced(src / e.rel):
                         raise
+                except SynfastError:
+                    if not _gone_or_replaced(src / e.rel):
+                        raise
+                if _gone_or_replaced(src / e.rel):
+                    with lock:
+                        vanished.append(e.rel)
+                    return None
+                try:
+                    e.st = os.lstat(src / e.rel)
+                except OSError as err:
+                    raise from_oserror(err, src / e.rel) from err
 
         def copy_one(e: Entry) -> None:
             check_cancelled()

@@ -488,7 +488,9 @@ def test_written_pages_are_dropped_from_the_page_cache(tmp_path: Path) -> None:
     assert resident(tmp_path / "dropped" / "slabs" / "cell.lmdb" / "data.mdb") == 0
 
 
-def test_file_removed_by_the_service_during_the_backup_is_listed(tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["removed", "replaced by a directory"])
+def test_file_removed_by_the_service_during_the_backup_is_listed(tmp_path: Path,
+                                                                 how: str) -> None:
     svc = service(tmp_path)
     resume = tmp_path / "resume"
     env = {**os.environ, backup_api.PAUSE_ENV: "snapshots-taken",
@@ -501,6 +503,8 @@ def test_file_removed_by_the_service_during_the_backup_is_listed(tmp_path: Path)
             if "paused at snapshots-taken" in line:
                 break
         (svc / "cell.yaml").unlink()
+        if how == "replaced by a directory":
+            (svc / "cell.yaml").mkdir()
         resume.touch()
         out, err = proc.communicate(timeout=120)
     finally:

@@ -426,14 +426,20 @@ def run_all(fn: Callable[[T], object], items: list[T], workers: int, name: str,
     from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name) as pool:
-        futures = [pool.submit(fn, item) for item in items]
         try:
-            _, pending = wait(futures, return_when=FIRST_EXCEPTION)
+            # Ctrl-C may land while items are still being submitted, too.
+            futures = [pool.submit(fn, item) for item in items]
+            while True:
+                # In slices: the kernel may deliver SIGINT to a worker thread,
+                # and then nothing wakes a main thread blocked for good, so
+                # Python's handler (KeyboardInterrupt) would never run.
+                done, pending = wait(futures, timeout=0.25, return_when=FIRST_EXCEPTION)
+                if not pending or any(f.exception() is not None for f in done):
+                    break
         except BaseException:
             if cancel is not None:
                 cancel.set()
-            for f in futures:
-                f.cancel()
+            pool.shutdown(wait=False, cancel_futures=True)
             raise
         for f in pending:
             f.cancel()

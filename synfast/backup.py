@@ -175,16 +175,6 @@ class _EnvCopier:
 
 # ------------------------------------------------------------------ walking
 
-def _gone_or_replaced(path: Path) -> bool:
-    """Whether the regular file planned at ``path`` is no longer one."""
-    try:
-        return not stat.S_ISREG(os.lstat(path).st_mode)
-    except FileNotFoundError:
-        return True
-    except OSError:
-        return False
-
-
 def _skipped_record(path: str, kind: str) -> dict:
     """How a skipped entry appears in the manifest and in ``--json``."""
     return {"path": path, "type": kind, "reason": "removed during the backup"
@@ -725,20 +715,20 @@ def _execute(the_plan: Plan, tmp: Path, report: BackupReport, *, engine: str,
             for attempt in range(FILE_ATTEMPTS):
                 try:
                     return copy_one(e)
-                except SourceChanged:
-                    if attempt == FILE_ATTEMPTS - 1 and not _gone_or_replaced(src / e.rel):
+                except SynfastError as err:
+                    try:
+                        st: os.stat_result | None = os.lstat(src / e.rel)
+                    except FileNotFoundError:
+                        st = None
+                    except OSError:
+                        raise err from None
+                    if st is None or not stat.S_ISREG(st.st_mode):
+                        with lock:
+                            vanished.append(e.rel)
+                        return None
+                    if not isinstance(err, SourceChanged) or attempt == FILE_ATTEMPTS - 1:
                         raise
-                except SynfastError:
-                    if not _gone_or_replaced(src / e.rel):
-                        raise
-                if _gone_or_replaced(src / e.rel):
-                    with lock:
-                        vanished.append(e.rel)
-                    return None
-                try:
-                    e.st = os.lstat(src / e.rel)
-                except OSError as err:
-                    raise from_oserror(err, src / e.rel) from err
+                    e.st = st
 
         def copy_one(e: Entry) -> None:
             check_cancelled()

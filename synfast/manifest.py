@@ -249,8 +249,7 @@ def validate(obj: Any, where: Path) -> dict:
         for key, kind in _ENV_REQUIRED.items():
             if not has(env, key, kind):
                 raise incomplete(f"environment {i} lacks {key!r}")
-        if not all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
-                   for k, v in env["databases"].items()):
+        if not all(has(env["databases"], name, int) for name in env["databases"]):
             raise incomplete(f"environment {i} has bad 'databases'")
     return obj
 

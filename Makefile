@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.synfast-installed
-BUILD_INPUTS := pyproject.toml setup.py $(wildcard ext/*.pyx ext/*.pxd ext/*.h)
+BUILD_INPUTS := pyproject.toml setup.py $(wildcard ext/*/*.pyx ext/*/*.pxd ext/*/*.pxi ext/*/*.h)
 
 .PHONY: demo test sysdeps install lint bench clean
 
@@ -41,4 +41,4 @@ bench: install
 	$(PY) bench/run.py $(BENCH_ARGS)
 
 clean:
-	rm -rf build *.egg-info synfast/*.so ext/*.c .pytest_cache .hypothesis
+	rm -rf build *.egg-info synfast/*/*.so ext/*/*.c .pytest_cache .hypothesis

@@ -42,22 +42,21 @@ def extensions() -> list[Extension]:
     common = dict(
         define_macros=[("_GNU_SOURCE", "1"), ("_FILE_OFFSET_BITS", "64")],
         extra_compile_args=["-O2", "-Wall", *cflags],
-        include_dirs=["ext"],
+        include_dirs=["ext/includes", "ext/backup"],
     )
+    # Each extension lives beside the one package that imports it, and its
+    # source under ext/ in a folder of the same name.
     exts = [
-        Extension("synfast._sparse", ["ext/_sparse.pyx"], **common),
-        Extension(
-            "synfast._lmdb",
-            ["ext/_lmdb.pyx"],
-            extra_link_args=libs,
-            **common,
-        ),
-        Extension("synfast._rebuild", ["ext/_rebuild.pyx"], extra_link_args=libs, **common),
-        Extension("synfast._hash", ["ext/_hash.pyx"], depends=["ext/blake2b4.h"], **common),
+        Extension("synfast.files._sparse", ["ext/files/_sparse.pyx"], **common),
+        Extension("synfast.lmdb._lmdb", ["ext/lmdb/_lmdb.pyx"], extra_link_args=libs, **common),
+        Extension("synfast.lmdb._rebuild", ["ext/lmdb/_rebuild.pyx"], extra_link_args=libs,
+                  **common),
+        Extension("synfast.backup._hash", ["ext/backup/_hash.pyx"],
+                  depends=["ext/backup/blake2b4.h"], **common),
     ]
     return cythonize(
         exts,
-        include_path=["ext"],
+        include_path=["ext/includes"],
         language_level=3,
         compiler_directives={"boundscheck": False, "wraparound": False, "cdivision": True},
     )

@@ -3,8 +3,8 @@
 Contenders, each run as its own process so that wall time is the whole
 process's (interpreter start and imports included) and memory is the process's:
 
-- ``rebuild``   synfast.engines.rebuild_environment (native rebuild, fsynced)
-- ``compact``   synfast.lmdbenv.copy_environment(engine="compact") with writeback
+- ``rebuild``   synfast.lmdb.engines.rebuild_environment (native rebuild, fsynced)
+- ``compact``   synfast.lmdb.env.copy_environment(engine="compact") with writeback
   started during the copy, then fsync (as a backup does)
 - ``raw``       the same with engine="raw" (mdb_env_copyfd2 without compaction)
 - ``mdb_copy-c`` ``mdb_copy -c`` (LMDB's tool; writes with O_DIRECT, no fsync)
@@ -98,7 +98,7 @@ def build_dataset(name: str, scale: float) -> Path:
     if name in REBUILT_FROM:
         # A dataset after a rebuild: already compact, the case where ``auto``
         # must not rebuild.  Not in lmdb-copy-facts.md; used for the auto rule.
-        from synfast.engines import rebuild_environment
+        from synfast.lmdb.engines import rebuild_environment
 
         rep = rebuild_environment(build_dataset(REBUILT_FROM[name], scale), path)
         done.write_text(f"last_pgno={rep['bytes_written'] // rep['page_size'] - 1} "
@@ -150,11 +150,11 @@ def build_dataset(name: str, scale: float) -> Path:
 def driver(engine: str, src: str, dst: str) -> None:
     """The CLI-free body of one contender run (executed in a child process)."""
     if engine == "rebuild":
-        from synfast.engines import rebuild_environment
+        from synfast.lmdb.engines import rebuild_environment
 
         rebuild_environment(src, dst)
         return
-    from synfast import lmdbenv
+    from synfast.lmdb import env as lmdbenv
 
     # As a backup copies with these engines: writeback started during the
     # copy, then fsync.
@@ -306,7 +306,7 @@ def bench(name: str, scale: float, runs: int, only: list[str], verify: bool) -> 
               f"{check_same(src, out / f'{name}-rebuild')}", file=sys.stderr)
         shutil.rmtree(out / f"{name}-rebuild")
     st = os.stat(src / "data.mdb")
-    from synfast import engines
+    from synfast.lmdb import engines
 
     snap = engines.open_snapshot(src)
     try:

@@ -134,7 +134,7 @@ def describe_machine(work: Path) -> dict:
         pass
     fs = _first_line(["findmnt", "-n", "-o", "FSTYPE,SOURCE,OPTIONS", "-T", os.fspath(work)])
     try:
-        from synfast._lmdb import version as lmdb_version
+        from synfast.lmdb._lmdb import version as lmdb_version
 
         from synfast import __version__ as synfast_version
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from synfast import backup as backup_api
-from synfast import manifest, retention
+from synfast.backup import manifest, retention
+from synfast.backup import run as backup_api
 from tests.conftest import (
     IS_ROOT,
     allocated,
@@ -187,7 +187,7 @@ def test_bwlimit_ionice_and_hooks(tmp_path: Path) -> None:
 def test_ionice_sets_the_idle_class() -> None:
     if not shutil.which("ionice"):
         pytest.skip("ionice (util-linux) is not installed")
-    code = ("import os, subprocess; from synfast.backup import set_ionice; set_ionice('idle');"
+    code = ("import os, subprocess; from synfast.backup.run import set_ionice; set_ionice('idle');"
             "print(subprocess.run(['ionice', '-p', str(os.getpid())], capture_output=True,"
             " text=True).stdout)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -231,7 +231,7 @@ def live_service(tmp_path: Path):
             assert p.stdout.readline().strip() == "ready"
         deadline = time.monotonic() + 30
         for name in ("a.lmdb", "sub/b.lmdb"):
-            from synfast import lmdbenv
+            from synfast.lmdb import env as lmdbenv
 
             while lmdbenv.read_meta(svc / name / "data.mdb").txnid < 200:
                 assert time.monotonic() < deadline
@@ -452,7 +452,7 @@ def test_manifest_times_read_back_exactly() -> None:
 def test_corrupt_environment_in_source(tmp_path: Path) -> None:
     svc = service(tmp_path)
     data = svc / "layers" / "abc123" / "layer_v2.lmdb" / "data.mdb"
-    from synfast import lmdbenv
+    from synfast.lmdb import env as lmdbenv
 
     os.truncate(data, lmdbenv.read_meta(data).used_size - 8192)
     proc = run_cli("backup", svc, tmp_path / "bk")

@@ -26,7 +26,7 @@ def test_missing_lmdb_stops_the_build_with_one_line(tmp_path: Path) -> None:
 
 
 def test_extensions_are_linked_against_the_system_liblmdb() -> None:
-    from synfast import _lmdb
+    from synfast.lmdb import _lmdb
 
     major, minor, patch, banner = _lmdb.version()
     pc = subprocess.run(["pkg-config", "--modversion", "lmdb"], capture_output=True, text=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from synfast.certdir import CertDir, CertError, CertFileExists, validate_name
+from synfast.tls.certdir import CertDir, CertError, CertFileExists, validate_name
 
 OPENSSL = "/usr/bin/openssl"
 EC = {"key_type": "ecdsa-p256"}

@@ -1,4 +1,4 @@
-"""The native checksum (synfast._hash) against hashlib and against a plain
+"""The native checksum (synfast.backup._hash) against hashlib and against a plain
 Python statement of the canonical form (blake2b-256-sparse-v2), so manifests
 written by earlier versions keep verifying."""
 
@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from synfast import _hash, manifest
+from synfast.backup import _hash, manifest
 from tests.conftest import write_layout
 
 BLOCK = manifest.BLOCK
@@ -77,7 +77,7 @@ def test_segment_digests_equal_the_definition(tmp_path: Path, pieces, tail: int,
     seg = seg_blocks * BLOCK
     fd = os.open(path, os.O_RDONLY)
     try:
-        from synfast import _sparse
+        from synfast.files import _sparse
 
         extents = _sparse.extents(fd)
         segments = []

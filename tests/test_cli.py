@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from synfast import __version__, lmdbenv
+from synfast import __version__
+from synfast.lmdb import env as lmdbenv
 from tests.conftest import (
     IS_ROOT,
     allocated,

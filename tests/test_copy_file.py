@@ -10,8 +10,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from synfast import _sparse, files
 from synfast.errors import CopyFailed, DestinationExists, SourceChanged, UsageError
+from synfast.files import _sparse
+from synfast.files import sparse as files
 from tests.conftest import allocated, files_equal, leftovers, write_layout
 
 BLOCK = 4096

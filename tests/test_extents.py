@@ -8,7 +8,8 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from synfast import _sparse, files
+from synfast.files import _sparse
+from synfast.files import sparse as files
 from tests.conftest import lseek_extents, write_layout
 
 BLOCK = 4096

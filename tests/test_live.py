@@ -22,7 +22,8 @@ from pathlib import Path
 import lmdb
 import pytest
 
-from synfast import lmdbenv, tree
+from synfast.copy import tree
+from synfast.lmdb import env as lmdbenv
 
 WINDOW = 40
 

@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from synfast import _lmdb, lmdbenv, tree
+from synfast.copy import tree
 from synfast.errors import CorruptEnvironment, NotAnEnvironment
+from synfast.lmdb import _lmdb
+from synfast.lmdb import env as lmdbenv
 from tests.conftest import make_env, mdb_dump
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from synfast import manifest, retention
+from synfast.backup import manifest, retention
 from tests.conftest import assert_one_line_error, run_cli
 from tests.test_backup import backup_ok, service
 

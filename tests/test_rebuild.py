@@ -24,8 +24,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from synfast import engines
 from synfast.errors import CorruptEnvironment, DestinationExists, NotAnEnvironment, SynfastError
+from synfast.lmdb import engines
 
 MAXKEY = 511          # mdb_env_get_maxkeysize of a default LMDB build
 MAP_SIZE = 1 << 28

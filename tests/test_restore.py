@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from synfast import manifest
+from synfast.backup import manifest
 from tests.conftest import IS_ROOT, assert_one_line_error, mdb_dump, run_cli
 from tests.test_backup import backup_ok, service
 

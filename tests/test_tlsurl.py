@@ -1,8 +1,8 @@
 """TLS URLs: the parser (with hypothesis), and real handshakes over loopback.
 
-Every handshake here is a real one between :func:`synfast.certs_tls.serve` in a
-thread and :func:`synfast.certs_tls.connect`, both built from URLs and a certdir
-made by :class:`synfast.certdir.CertDir`; nothing is mocked.  Network waits are
+Every handshake here is a real one between :func:`synfast.tls.context.serve` in a
+thread and :func:`synfast.tls.context.connect`, both built from URLs and a certdir
+made by :class:`synfast.tls.certdir.CertDir`; nothing is mocked.  Network waits are
 bounded by timeouts and the server threads are daemons.
 """
 
@@ -19,9 +19,9 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from synfast import certs_tls
-from synfast.certdir import CertDir, CertError, fingerprint, load_cert_file
-from synfast.tlsurl import (
+from synfast.tls import context as certs_tls
+from synfast.tls.certdir import CertDir, CertError, fingerprint, load_cert_file
+from synfast.tls.url import (
     DEFAULT_PORT,
     TlsUrl,
     UrlError,

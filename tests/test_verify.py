@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from synfast import lmdbenv, manifest
+from synfast.backup import manifest
+from synfast.lmdb import env as lmdbenv
 from tests.conftest import run_cli
 from tests.test_backup import backup_ok, service
 

@@ -52,9 +52,9 @@ def backup_command(
 
     Exit codes: 0 done, 1 failed, 2 bad usage.
     """
-    from synfast import backup as api
+    from synfast.backup import run as api
     from synfast.cli._render import print_json, size, warn
-    from synfast.progress import Reporter
+    from synfast.cli.progress import Reporter
 
     reporter = Reporter(quiet=quiet or json_out)
     try:
@@ -98,7 +98,7 @@ def verify_command(
 ) -> None:
     """Check a backup against its manifest: files, sizes, modes, checksums, and a
     full walk of every LMDB environment. One line per problem; exit 1 if any."""
-    from synfast import verify as api
+    from synfast.backup import verify as api
     from synfast.cli._render import print_json
 
     report = api.verify(backup, checksums=not no_checksum, jobs=jobs or None)
@@ -130,7 +130,7 @@ def restore_command(
 ) -> None:
     """Restore a backup as SERVICEDIR; an existing SERVICEDIR is moved aside to
     SERVICEDIR.old-YYYYmmddTHHMMSS."""
-    from synfast import backup as api
+    from synfast.backup import run as api
     from synfast.cli._render import print_json
 
     report = api.restore(backup, service_dir, verify=not no_verify, force=force,
@@ -154,7 +154,7 @@ def list_command(
     json_out: bool = typer.Option(False, "--json", help="Print a JSON array."),
 ) -> None:
     """List the complete backups under ROOT, oldest first."""
-    from synfast import manifest, retention
+    from synfast.backup import manifest, retention
     from synfast.cli._render import print_json, size, table
 
     backups = retention.list_backups(root, prefix=prefix)
@@ -188,7 +188,7 @@ def prune_command(
 ) -> None:
     """Remove complete synfast backups (by their manifest time) that no --keep-*
     rule keeps, and unfinished backups older than a day. Nothing else is touched."""
-    from synfast import manifest, retention
+    from synfast.backup import manifest, retention
     from synfast.cli._render import print_json
 
     report = retention.prune(root, keep_last=keep_last, keep_daily=keep_daily,

@@ -27,8 +27,8 @@ def list_command(
 
     Expired, soon-expiring (under 30 days) and revoked certificates are marked.
     """
-    from synfast.certdir import CertDir
     from synfast.cli._render import print_json, table
+    from synfast.tls.certdir import CertDir
 
     cd = CertDir(certdir)
     rows = cd.inventory()
@@ -67,8 +67,8 @@ def verify_command(
 
     Exits 1 with the reasons when any check fails.
     """
-    from synfast.certdir import CertDir
     from synfast.cli._render import print_json
+    from synfast.tls.certdir import CertDir
 
     rep = CertDir(certdir).verify(name, kind)
     if json_out:

@@ -49,8 +49,8 @@ def copy_command(
     devices are skipped with a warning. Mode, times and (as root) owners are kept.
     The copy is built under a hidden temporary name and renamed into place.
     """
-    from synfast import tree
     from synfast.cli._render import print_json, size, warn
+    from synfast.copy import tree
 
     report = tree.copy(src, dst, reflink=reflink, sparse=sparse, lmdb_engine=lmdb_engine,
                        copy_file_range=copy_file_range,

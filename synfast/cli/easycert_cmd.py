@@ -74,8 +74,8 @@ def easycert_command(
     `synfast easycert --p12 visi@vertex.link`;
     `synfast easycert --sign-csr --server --signas vertex path/to/host.csr`.
     """
-    from synfast.certdir import CertDir, CertFileExists
     from synfast.errors import UsageError
+    from synfast.tls.certdir import CertDir, CertFileExists
 
     if key_type not in _KEY_TYPES:
         raise UsageError(None, f"--key-type {key_type!r} is not one of {', '.join(_KEY_TYPES)}")

@@ -21,7 +21,7 @@ def scan_command(
     service: no environment is opened.
     """
     from synfast.cli._render import print_json, size, table
-    from synfast.scan import scan
+    from synfast.copy.scan import scan
 
     report = scan(path, exclude=tuple(exclude))
     if json_out:

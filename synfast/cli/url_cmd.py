@@ -28,7 +28,7 @@ def parse_command(url: _Url) -> None:
     27492 the default for tcp and ssl, path, query)."""
     import json
 
-    from synfast.tlsurl import parse
+    from synfast.tls.url import parse
 
     typer.echo(json.dumps(parse(url).as_dict(), indent=2))
 
@@ -43,7 +43,7 @@ def check_command(
 ) -> None:
     """Which certdir files URL would use and whether each is fine; exit 1 on any problem."""
     from synfast.cli._render import print_json
-    from synfast.tlsurl import check
+    from synfast.tls.url import check
 
     u, checks = check(url, certdir, listen=listen)
     ok = all(c.ok for c in checks)
@@ -72,7 +72,7 @@ def probe_command(
     """Connect to URL, handshake, and show the peer's chain, TLS version, cipher and the
     verification result. Exit 1 when the connection or verification fails."""
     from synfast.cli._render import print_json
-    from synfast.tlsurl import probe
+    from synfast.tls.url import probe
 
     res = probe(url, certdir, timeout=timeout)
     if json_out:
@@ -111,7 +111,7 @@ def serve_command(
     """
     import sys
 
-    from synfast.certs_tls import serve
+    from synfast.tls.context import serve
 
     def listening(host: str, port: int) -> None:
         typer.echo(f"listening on {host}:{port}")

@@ -3,7 +3,7 @@
 The manifest must be there and complete; every directory, file, symlink and
 environment data file must exist with its type, size, mode (and for symlinks
 target) and, when the backup was made with checksums, the same canonical
-BLAKE2b (see :mod:`synfast.manifest`); nothing may be there that the manifest
+BLAKE2b (see :mod:`synfast.backup.manifest`); nothing may be there that the manifest
 does not list; and every environment must open read-only and survive a full
 walk of every database with the entry counts of the manifest.
 
@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from synfast import manifest
-from synfast.manifest import ManifestError
+from synfast.backup import manifest
+from synfast.backup.manifest import ManifestError
 
 _TYPES = {"dir": stat.S_ISDIR, "file": stat.S_ISREG, "env": stat.S_ISREG,
           "symlink": stat.S_ISLNK}
@@ -183,7 +183,7 @@ def _walk_isolated(path: str, subdir: bool) -> dict:
     import pickle
     import signal
 
-    from synfast import _lmdb
+    from synfast.lmdb import _lmdb
 
     rfd, wfd = os.pipe()
     pid = os.fork()
@@ -223,7 +223,7 @@ class EnvCrashed(Exception):
 
 def _check_env(b: Path, env: dict, bad_data: set[str], report: VerifyReport, problem,
                isolate: bool = False) -> None:
-    from synfast import _lmdb
+    from synfast.lmdb import _lmdb
 
     rel = env["path"]
     if env["data"] in bad_data:

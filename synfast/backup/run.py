@@ -44,7 +44,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from synfast import __version__, files, lmdbenv, manifest
+from synfast import __version__
+from synfast.backup import manifest
+from synfast.copy.tree import SMALL_FILE, Entry, Plan, run_all, walk_tree
 from synfast.errors import (
     CopyFailed,
     DestinationExists,
@@ -54,7 +56,8 @@ from synfast.errors import (
     UsageError,
     from_oserror,
 )
-from synfast.tree import SMALL_FILE, Entry, Plan, run_all, walk_tree
+from synfast.files import sparse as files
+from synfast.lmdb import env as lmdbenv
 
 #: Directory names skipped at any depth unless ``include_tmp`` (as the Synapse tool does).
 DEFAULT_SKIP_DIRS = ("tmp", "backups")
@@ -81,9 +84,9 @@ class BackupDamaged(SynfastError):
 
 def available_engines() -> tuple[str, ...]:
     """The LMDB engines this installation offers (``rebuild``/``auto`` need
-    :mod:`synfast.engines`)."""
+    :mod:`synfast.lmdb.engines`)."""
     try:
-        from synfast import engines  # noqa: F401
+        from synfast.lmdb import engines  # noqa: F401
     except ImportError:
         return lmdbenv.ENGINES
     return ("auto", "rebuild", "compact", "raw")
@@ -98,9 +101,9 @@ class _EnvCopier:
 
     ``prepare`` runs before any copy: for ``rebuild`` and ``auto`` it opens every
     environment and begins all read transactions back to back
-    (:func:`synfast.engines.open_snapshots`); each environment is then rebuilt
+    (:func:`synfast.lmdb.engines.open_snapshots`); each environment is then rebuilt
     from its snapshot.  In a backup ``auto`` means exactly that: the per
-    environment choice of ``compact`` that :func:`synfast.engines.choose_engine`
+    environment choice of ``compact`` that :func:`synfast.lmdb.engines.choose_engine`
     makes for ``synfast copy`` is not used, because ``mdb_env_copyfd2`` takes
     its own snapshot when it starts (stock LMDB cannot copy from a read
     transaction we hold), which would break the single moment across
@@ -121,8 +124,8 @@ class _EnvCopier:
             self.chosen[e.rel] = self.engine
         if self.engine not in ("rebuild", "auto") or not envs:
             return
-        from synfast import _lmdb, engines
-        from synfast._rebuild import begin_all
+        from synfast.lmdb import _lmdb, engines
+        from synfast.lmdb._rebuild import begin_all
 
         # Open everything first (slow: files, locks, maps), then begin all the
         # read transactions back to back without the GIL; the two clock reads
@@ -155,7 +158,7 @@ class _EnvCopier:
         t0 = time.time()
         snap = self.snapshots.pop(e.rel, None)
         if snap is not None:
-            from synfast.engines import rebuild_data_file
+            from synfast.lmdb.engines import rebuild_data_file
 
             raw = rebuild_data_file(snap, out, display, e.env.data_path)
             return {
@@ -198,7 +201,7 @@ def _check_excludes(src: Path, patterns: tuple[str, ...]) -> None:
 
 def _walk(src: Path, exclude: tuple[str, ...],
           skip_dirs: tuple[str, ...]) -> tuple[Plan, list[str]]:
-    """Classify everything under ``src`` like :func:`synfast.tree.plan`, leaving
+    """Classify everything under ``src`` like :func:`synfast.copy.tree.plan`, leaving
     out directories named in ``skip_dirs`` at any depth and paths matching
     ``exclude`` (a glob on the relative path, or on the name when it has no
     ``/``).  Returns the plan and the relative paths left out.  Entries the
@@ -291,7 +294,7 @@ def pause_point(name: str) -> None:
 
 
 def _drop_cache(path: Path) -> None:
-    from synfast import _sparse
+    from synfast.files import _sparse
 
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
@@ -324,7 +327,7 @@ def copy_file_chunked(src: Path, dst: Path, st: os.stat_result, *, throttle: Thr
     native copy cannot be paced); creates ``dst`` exclusively and removes it on
     failure; raises :class:`SourceChanged` when the source changed meanwhile.
     Returns the data bytes copied."""
-    from synfast import _sparse
+    from synfast.files import _sparse
 
     done = 0
     with files.new_copy_fds(src, dst, display_dst, job="backup") as (sfd, dfd):
@@ -616,7 +619,7 @@ def backup(
                      })
             pause_point("manifest-written")
             try:
-                from synfast import _sparse
+                from synfast.files import _sparse
 
                 _sparse.rename_noreplace(partial, dst)
             except FileExistsError as err:
@@ -677,7 +680,7 @@ def _execute(the_plan: Plan, tmp: Path, report: BackupReport, *, engine: str,
         mid_file_hook = os.environ.get(PAUSE_ENV) == "mid-file"
 
         def finish(e: Entry, out: Path, written: int) -> None:
-            from synfast import _sparse
+            from synfast.files import _sparse
 
             fd = os.open(out, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
             try:
@@ -753,7 +756,7 @@ def _execute(the_plan: Plan, tmp: Path, report: BackupReport, *, engine: str,
             facts = copier.copy(e, out, display)
             if throttle is not None:
                 throttle.consume(facts["bytes_written"])
-            from synfast import _lmdb
+            from synfast.lmdb import _lmdb
 
             try:
                 counts = _lmdb.env_walk(os.fspath(out), False, True, False)
@@ -876,7 +879,7 @@ def environments_in_use(root: Path) -> list[tuple[Path, int]]:
     that process's pid.  Found by their lock files: every process that has an
     environment open holds LMDB's shared lock on it, and a dead process holds
     none, so stale reader slots never count."""
-    from synfast import _lmdb
+    from synfast.lmdb import _lmdb
 
     found: list[tuple[Path, int]] = []
     for dirpath, _dirnames, filenames in os.walk(root):
@@ -924,7 +927,7 @@ def restore(
     service = Path(os.path.abspath(service_dir))
     doc = manifest.read(bdir)
     if verify:
-        from synfast import verify as verify_mod
+        from synfast.backup import verify as verify_mod
 
         vr = verify_mod.verify(bdir, jobs=jobs)
         if vr.problems:
@@ -980,7 +983,7 @@ def restore(
                 files.fsync_dir(target)
         if not force:
             _check_not_in_use(service)   # again: the service may have started meanwhile
-        from synfast import _sparse
+        from synfast.files import _sparse
 
         if os.path.lexists(service):
             stamp = time.strftime("%Y%m%dT%H%M%S")

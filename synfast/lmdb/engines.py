@@ -11,7 +11,7 @@ Three ways to copy a live LMDB environment, all from a consistent read snapshot:
     renumbered.  Slow on environments with many values larger than a page
     (LMDB hands each one between two threads), and pages keep the source's fill.
 ``rebuild``
-    this module's native engine (:mod:`synfast._rebuild`): every database read
+    this module's native engine (:mod:`synfast.lmdb._rebuild`): every database read
     with a cursor inside one read transaction and written into a new
     environment in key order with ``MDB_APPEND``.  Pages come out full, so the
     output is the smallest of the three, and on overflow-heavy data it is
@@ -42,8 +42,6 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from synfast._lmdb import CORRUPTED, INVALID, PAGE_NOTFOUND, PANIC, VERSION_MISMATCH, LmdbError
-from synfast._rebuild import Snapshot, begin_all
 from synfast.errors import (
     CopyFailed,
     CorruptEnvironment,
@@ -53,7 +51,9 @@ from synfast.errors import (
     SynfastError,
     from_oserror,
 )
-from synfast.files import fsync_dir, remove_path
+from synfast.files.sparse import fsync_dir, remove_path
+from synfast.lmdb._lmdb import CORRUPTED, INVALID, PAGE_NOTFOUND, PANIC, VERSION_MISMATCH, LmdbError
+from synfast.lmdb._rebuild import Snapshot, begin_all
 
 __all__ = [
     "ENGINES",
@@ -218,7 +218,7 @@ def rebuild_environment(
             report = snap.rebuild(os.fspath(tmp), **options)
             if report["subdir"]:
                 fsync_dir(tmp)
-            from synfast._sparse import rename_noreplace
+            from synfast.files._sparse import rename_noreplace
 
             rename_noreplace(os.fspath(tmp), os.fspath(dst))
         except LmdbError as err:
@@ -250,7 +250,7 @@ def _destination_error(err: LmdbError, out: Path, display: Path) -> SynfastError
     its code is the destination's (LMDB's EIO on a full disk becomes the full
     disk it is), else None.  Must be judged before ``out`` is removed: removing
     it frees the space that tells a full disk from another EIO."""
-    from synfast import lmdbenv
+    from synfast.lmdb import env as lmdbenv
 
     code = lmdbenv.destination_errno(err.code, out)
     if code is None:
@@ -277,7 +277,7 @@ def rebuild_data_file(snap: Snapshot, out: Path, display: Path,
     ``display``, the final name; any other LMDB failure names ``source``;
     OS errors name ``display``.
     """
-    from synfast import lmdbenv
+    from synfast.lmdb import env as lmdbenv
 
     try:
         return snap.rebuild(os.fspath(out), subdir=False)

@@ -45,7 +45,7 @@ from clmdb cimport *
 from sysio cimport fstat, stat, sync_file_range, SYNC_FILE_RANGE_WRITE, mallopt, M_TRIM_THRESHOLD
 from sysio cimport madvise, MADV_DONTNEED
 
-from synfast._lmdb import LmdbError
+from synfast.lmdb._lmdb import LmdbError
 
 # Database flags that describe a database's order and layout; they are stored
 # in the database record and must be given again when the database is created.

@@ -23,7 +23,7 @@ def _size(n: float) -> str:
 
 
 class Reporter:
-    """Callable progress sink for :func:`synfast.backup.backup`."""
+    """Callable progress sink for :func:`synfast.backup.run.backup`."""
 
     #: Plain log lines name every environment and the files at least this large
     #: (a line per small file would bury the log).

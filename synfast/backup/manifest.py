@@ -79,7 +79,7 @@ def segments_of(fd: int, size: int) -> list[tuple[int, int, list[tuple[int, int]
     """The file's segments as ``(start, end, ranges)``: ``ranges`` are the
     block-aligned ranges inside the segment that touch a data extent (merged,
     in order); only they are read."""
-    from synfast import _sparse
+    from synfast.files import _sparse
 
     merged: list[tuple[int, int]] = []
     for off, length in _sparse.extents(fd):
@@ -103,11 +103,11 @@ def segments_of(fd: int, size: int) -> list[tuple[int, int, list[tuple[int, int]
 def checksum_fd(fd: int) -> str:
     """Canonical BLAKE2b of the open regular file ``fd`` (see the module docstring).
 
-    Segment digests come from :mod:`synfast._hash`, which hashes four segments
+    Segment digests come from :mod:`synfast.backup._hash`, which hashes four segments
     at once per thread (AVX2 where the CPU has it); the segments are dealt out
     round-robin to the pool's threads when there are more than four with data.
     """
-    from synfast import _hash
+    from synfast.backup import _hash
 
     size = os.fstat(fd).st_size
     segments = segments_of(fd, size)

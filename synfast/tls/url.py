@@ -10,7 +10,7 @@ as ``ssl://visi@cortex.vertex.link:27492/?certname=visi`` (form and query keys i
 policy Synapse peers expect: TLS 1.2 at least, forward-secret key exchange only,
 no renegotiation, names checked without DNS.
 
-The heavy parts live in :mod:`synfast.certs_tls` and are imported on first use.
+The heavy parts live in :mod:`synfast.tls.context` and are imported on first use.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from synfast.errors import SynfastError
 if TYPE_CHECKING:  # pragma: no cover
     import ssl
 
-    from synfast.certs_tls import ProbeResult
+    from synfast.tls.context import ProbeResult
 
 __all__ = [
     "DEFAULT_PORT",
@@ -343,7 +343,7 @@ def server_context(url: str | TlsUrl, certdir: str | os.PathLike[str] | None = N
     ``ca=NAME`` requires client certificates issued by that CA and honours its
     CRL when the certdir has one.
     """
-    from synfast import certs_tls
+    from synfast.tls import context as certs_tls
 
     u = _as_url(url)
     _need_ssl(u)
@@ -359,9 +359,9 @@ def client_context(url: str | TlsUrl, certdir: str | os.PathLike[str] | None = N
     with this context); presents the user certificate named by ``certname`` or
     found for ``USER@HOSTNAME``.  Wrap sockets with
     ``server_hostname=server_hostname(url)`` so the name is checked against
-    ``hostname`` (else HOST); :func:`synfast.certs_tls.connect` does it for you.
+    ``hostname`` (else HOST); :func:`synfast.tls.context.connect` does it for you.
     """
-    from synfast import certs_tls
+    from synfast.tls import context as certs_tls
 
     u = _as_url(url)
     _need_ssl(u)
@@ -371,7 +371,7 @@ def client_context(url: str | TlsUrl, certdir: str | os.PathLike[str] | None = N
 def probe(url: str | TlsUrl, certdir: str | os.PathLike[str] | None = None, *,
           timeout: float = 10.0) -> ProbeResult:
     """Connect to ``url``, handshake, and report what the peer presented."""
-    from synfast import certs_tls
+    from synfast.tls import context as certs_tls
 
     u = _as_url(url)
     _need_ssl(u)
@@ -382,12 +382,12 @@ def check(url: str | TlsUrl, certdir: str | os.PathLike[str] | None = None, *,
           listen: bool = False) -> tuple[TlsUrl, list[Any]]:
     """Which certdir files ``url`` would use, and whether each is fit for it.
 
-    Returns the parsed URL and a list of :class:`synfast.certdir.Check`; the URL
+    Returns the parsed URL and a list of :class:`synfast.tls.certdir.Check`; the URL
     is usable when every check is ok.  ``listen`` checks it as a listener's URL
     (host certificates, the ``ca=`` CA and its CRL), otherwise as a client's
     (the CAs to trust or the pin, the user certificate to present).
     """
-    from synfast.certdir import CertDir, CertError, Check
+    from synfast.tls.certdir import CertDir, CertError, Check
 
     u = _as_url(url)
     _need_ssl(u)
@@ -422,7 +422,7 @@ def check(url: str | TlsUrl, certdir: str | os.PathLike[str] | None = None, *,
                     checks.append(Check(f"CRL of {ca}", True, "none; nothing is revoked",
                                         warning=True))
                 else:
-                    from synfast.certs_tls import _check_crl_usable
+                    from synfast.tls.context import _check_crl_usable
 
                     _check_crl_usable(cd, ca)
                     checks.append(Check(f"CRL of {ca}", True, str(crl)))
@@ -436,7 +436,7 @@ def check(url: str | TlsUrl, certdir: str | os.PathLike[str] | None = None, *,
     except UrlError as err:
         checks.append(Check("server name", False, err.message))
     if "certhash" in u.query:
-        from synfast.certs_tls import normalize_certhash
+        from synfast.tls.context import normalize_certhash
 
         try:
             pin = normalize_certhash(u.query["certhash"])

@@ -1,6 +1,6 @@
 """Sparse-safe copies of regular files, and how much of a file is really there.
 
-The copy engine (``synfast._sparse``) finds data with SEEK_DATA/SEEK_HOLE and
+The copy engine (``synfast.files._sparse``) finds data with SEEK_DATA/SEEK_HOLE and
 never reads a hole; it clones with FICLONE where it may, moves data inside the
 kernel with copy_file_range where it can, and falls back to pread/pwrite.  This
 module adds the policy: argument checking, temporary names and atomic renames,
@@ -70,7 +70,7 @@ def use_copy_file_range(mode: str, reflink: str, dst_fd: int | None = None) -> b
         return mode == "always"
     if reflink == "never" or dst_fd is None:
         return False
-    from synfast import _sparse
+    from synfast.files import _sparse
 
     try:
         return _sparse.fs_magic(dst_fd) in SERVER_SIDE_COPY_FS
@@ -110,7 +110,7 @@ class FileUsage:
 
 def extents(path: str | os.PathLike[str]) -> list[tuple[int, int]]:
     """Data extents of the file at ``path`` as (offset, length) pairs."""
-    from synfast import _sparse
+    from synfast.files import _sparse
 
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
@@ -121,7 +121,7 @@ def extents(path: str | os.PathLike[str]) -> list[tuple[int, int]]:
 
 def usage(path: str | os.PathLike[str]) -> FileUsage:
     """Apparent size, allocated bytes, data bytes and extent count of a regular file."""
-    from synfast import _sparse
+    from synfast.files import _sparse
 
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     try:
@@ -166,7 +166,7 @@ def copy_open_file(
     that size or mtime, or changes during the copy, :class:`SourceChanged` is
     raised and the destination must be discarded.
     """
-    from synfast import _sparse
+    from synfast.files import _sparse
 
     try:
         raw = _sparse.copy_fd(
@@ -271,7 +271,7 @@ def place(tmp: Path, dst: Path, *, force: bool) -> None:
     """
     import shutil
 
-    from synfast import _sparse
+    from synfast.files import _sparse
 
     if not force:
         try:

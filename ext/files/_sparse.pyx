@@ -1,5 +1,5 @@
 # cython: language_level=3
-"""Sparse-safe file copy primitives (mechanism only; policy lives in synfast.files).
+"""Sparse-safe file copy primitives (mechanism only; policy lives in synfast.files.sparse).
 
 Everything that can block runs with the GIL released.  Long loops re-take the GIL
 every few tens of MiB only to let a pending signal (Ctrl-C) interrupt the copy.

@@ -213,7 +213,7 @@ class EnvInfo:
 
 
 def _lmdb_error(err: Exception, path: os.PathLike[str] | str) -> SynfastError:
-    from synfast import _lmdb
+    from synfast.lmdb import _lmdb
 
     code = getattr(err, "code", None)
     message = getattr(err, "message", str(err))
@@ -231,7 +231,7 @@ def _lmdb_error(err: Exception, path: os.PathLike[str] | str) -> SynfastError:
 
 def environment_info(path: str | os.PathLike[str]) -> EnvInfo:
     """Open the environment read-only (with its lock file) and report on it."""
-    from synfast import _lmdb
+    from synfast.lmdb import _lmdb
 
     loc = locate(path)
     if loc is None:
@@ -310,7 +310,7 @@ def _writeback_while(fd: int, enabled: bool, every: float = 0.05) -> Iterator[No
         return
     import threading
 
-    from synfast._sparse import start_writeback
+    from synfast.files._sparse import start_writeback
 
     stop = threading.Event()
 
@@ -346,7 +346,7 @@ def copy_environment(
     after each commit, so that the fsync finds little left to do.
     """
 
-    from synfast import _lmdb
+    from synfast.lmdb import _lmdb
 
     if engine not in ENGINES:
         raise ValueError(f"unknown LMDB engine {engine!r}")
@@ -388,7 +388,7 @@ def copy_environment(
 
 def databases(path: str | os.PathLike[str]) -> dict:
     """Entry counts and flags of the main database and every named database."""
-    from synfast import _lmdb
+    from synfast.lmdb import _lmdb
 
     loc = locate(path)
     if loc is None:

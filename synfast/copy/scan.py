@@ -12,7 +12,9 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from synfast import files, lmdbenv, tree
+from synfast.copy import tree
+from synfast.files import sparse as files
+from synfast.lmdb import env as lmdbenv
 
 
 @dataclass

@@ -24,8 +24,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from synfast import manifest
-from synfast.backup import Partial, find_partials
+from synfast.backup import manifest
+from synfast.backup.run import Partial, find_partials
 from synfast.errors import SourceMissing, UsageError
 
 PARTIAL_MAX_AGE = 24 * 3600

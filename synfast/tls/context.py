@@ -1,6 +1,6 @@
 """TLS contexts, connections, probes and a test listener for ``ssl://`` URLs.
 
-This is the ``ssl``-importing half of :mod:`synfast.tlsurl`; it is loaded only
+This is the ``ssl``-importing half of :mod:`synfast.tls.url`; it is loaded only
 when a context is actually needed.  The policy is the one Synapse peers apply
 (``shared/docs/synapse-compat.md``): TLS 1.2 at least, ECDHE/DHE key exchange
 only (never RSA key transport, so a stolen key does not decrypt recorded
@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from synfast.certdir import CertDir, CertError
-from synfast.tlsurl import TlsUrl, UrlError, client_cert_candidates, server_hostname
+from synfast.tls.certdir import CertDir, CertError
+from synfast.tls.url import TlsUrl, UrlError, client_cert_candidates, server_hostname
 
 #: TLS 1.2 suites with forward secrecy and AEAD only; TLS 1.3 suites all qualify.
 CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20:!aNULL:!eNULL:!PSK:!SRP"
@@ -45,7 +45,7 @@ def _harden(ctx: ssl.SSLContext) -> None:
 
 def _load_pair(ctx: ssl.SSLContext, cd: CertDir, kind: str, name: str) -> None:
     """Load ``kind/name`` .crt and .key into ``ctx`` after checking they belong together."""
-    from synfast.certdir import key_matches
+    from synfast.tls.certdir import key_matches
 
     cert = cd.load_cert(kind, name)
     key = cd.load_key(kind, name)
@@ -81,7 +81,7 @@ def _check_crl_usable(cd: CertDir, ca: str) -> Path | None:
 
 def server_context(u: TlsUrl, certdir: str | os.PathLike[str] | CertDir | None = None
                    ) -> ssl.SSLContext:
-    """See :func:`synfast.tlsurl.server_context`."""
+    """See :func:`synfast.tls.url.server_context`."""
     cd = _certdir(certdir)
     names = u.hostnames()
     if not names:
@@ -192,7 +192,7 @@ def normalize_certhash(value: str) -> str:
 
 def client_context(u: TlsUrl, certdir: str | os.PathLike[str] | CertDir | None = None,
                    *, verify: bool = True) -> ClientContext:
-    """See :func:`synfast.tlsurl.client_context`.  ``verify=False`` is for probes only."""
+    """See :func:`synfast.tls.url.client_context`.  ``verify=False`` is for probes only."""
     cd = _certdir(certdir)
     server_hostname(u)  # one name, or an error now rather than at connect time
     ctx = ClientContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -239,7 +239,7 @@ def client_context(u: TlsUrl, certdir: str | os.PathLike[str] | CertDir | None =
 
 
 def _revoked_serials(cd: CertDir, cas: list[str]) -> frozenset[tuple[str | None, int]]:
-    from synfast.certdir import common_name
+    from synfast.tls.certdir import common_name
 
     out: set[tuple[str | None, int]] = set()
     for ca in cas:
@@ -261,7 +261,7 @@ def _family(host: str) -> socket.AddressFamily:
 def connect(url: str | TlsUrl, certdir: str | os.PathLike[str] | CertDir | None = None, *,
             timeout: float = 10.0, context: ssl.SSLContext | None = None) -> ssl.SSLSocket:
     """Open a TLS connection to ``url`` with its client policy; the caller closes it."""
-    from synfast.tlsurl import _as_url
+    from synfast.tls.url import _as_url
 
     u = _as_url(url)
     ctx = context or client_context(u, certdir)
@@ -316,7 +316,7 @@ def _peer_chain(der: bytes | None, cd: CertDir) -> list[PeerCert]:
 
     from cryptography import x509
 
-    from synfast.certdir import common_name, fingerprint
+    from synfast.tls.certdir import common_name, fingerprint
 
     if not der:
         return []
@@ -442,7 +442,7 @@ def serve(url: str | TlsUrl, certdir: str | os.PathLike[str] | CertDir | None = 
     handshake bounded by ``handshake_timeout``.  Stops after ``count``
     connections (good or bad) when given.
     """
-    from synfast.tlsurl import _as_url
+    from synfast.tls.url import _as_url
 
     u = _as_url(url)
     ctx = server_context(u, certdir)

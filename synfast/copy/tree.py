@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, TypeVar
 
-from synfast import files, lmdbenv
 from synfast.errors import (
     DestinationExists,
     SourceMissing,
@@ -29,6 +28,8 @@ from synfast.errors import (
     UsageError,
     from_oserror,
 )
+from synfast.files import sparse as files
+from synfast.lmdb import env as lmdbenv
 
 Kind = Literal["dir", "file", "env", "symlink", "special"]
 T = TypeVar("T")
@@ -91,7 +92,7 @@ def _excluded(rel: str, patterns: tuple[str, ...]) -> bool:
 def plan(source: str | os.PathLike[str], *, exclude: tuple[str, ...] = ()) -> Plan:
     """Walk ``source`` without following symlinks and classify every entry.
 
-    LMDB environments are recognised by content (see :mod:`synfast.lmdbenv`);
+    LMDB environments are recognised by content (see :mod:`synfast.lmdb.env`);
     their lock files are left out.  Raises on a source that is missing, of an
     unsupported type, or that holds a damaged environment.
     """
@@ -461,9 +462,9 @@ class _EnvEngines:
     ``compact`` and ``raw`` copy each environment with ``mdb_env_copyfd2``,
     which takes its own snapshot when the copy starts.  ``rebuild`` and
     ``auto`` open every environment and begin all their read transactions
-    back to back before anything is copied (:func:`synfast.engines.open_snapshots`),
+    back to back before anything is copied (:func:`synfast.lmdb.engines.open_snapshots`),
     so the environments of a tree reflect one moment; ``auto`` then keeps the
-    rebuild where :func:`synfast.engines.choose_engine` predicts it saves at
+    rebuild where :func:`synfast.lmdb.engines.choose_engine` predicts it saves at
     least 10% of the pages, and copies the rest raw (those take a fresh
     snapshot when their copy starts).
     """
@@ -478,7 +479,7 @@ class _EnvEngines:
             self.chosen[e.rel] = self.engine
         if self.engine not in ("rebuild", "auto") or not envs:
             return
-        from synfast import engines
+        from synfast.lmdb import engines
 
         snaps = engines.open_snapshots([e.env.path for e in envs if e.env is not None])
         for e, snap in zip(envs, snaps, strict=True):
@@ -503,7 +504,7 @@ class _EnvEngines:
             return lmdbenv.copy_environment(e.env, out, engine=self.chosen[e.rel],
                                             mode=e.st.st_mode, display_dst=display)
 
-        from synfast.engines import rebuild_data_file
+        from synfast.lmdb.engines import rebuild_data_file
 
         data_st = os.stat(e.env.data_path)
         raw = rebuild_data_file(snap, out, display, e.env.data_path)

@@ -48,6 +48,7 @@ def extensions() -> list[Extension]:
     # source under ext/ in a folder of the same name.
     exts = [
         Extension("synfast.files._sparse", ["ext/files/_sparse.pyx"], **common),
+        Extension("synfast.files._durable", ["ext/files/_durable.pyx"], **common),
         Extension("synfast.lmdb._lmdb", ["ext/lmdb/_lmdb.pyx"], extra_link_args=libs, **common),
         Extension("synfast.lmdb._rebuild", ["ext/lmdb/_rebuild.pyx"], extra_link_args=libs,
                   **common),

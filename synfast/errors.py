@@ -8,7 +8,9 @@ a traceback.  Anything else escaping the API is a bug.
 
 from __future__ import annotations
 
+import errno
 import os
+from collections.abc import Mapping
 
 
 class SynfastError(Exception):
@@ -63,21 +65,62 @@ class CopyFailed(SynfastError):
     pass
 
 
-def from_oserror(err: OSError, path: str | os.PathLike[str] | None = None) -> SynfastError:
-    """Turn an OSError into a one-line SynfastError with a fix where one is known."""
-    import errno
+#: Fixes for the errno values a user can do something about.
+_HINTS = {
+    errno.EACCES: "check the permissions, or run as a user who may access it",
+    errno.EPERM: "the operation is not permitted here; check permissions and mount options",
+    errno.ENOSPC: "the destination filesystem is full; free space or choose another place",
+    errno.EDQUOT: "the disk quota is exhausted; free space or raise the quota",
+    errno.EROFS: "the filesystem is mounted read-only; choose a writable destination",
+    errno.ENOENT: "check the path",
+    errno.EFBIG: "the file is too large for the destination (file size limit)",
+    errno.ENOTDIR: "a component of the path is not a directory",
+}
 
+# LMDB's own return codes (lmdb.h; stable since 0.9) that decide the wording.
+# Errno values that LMDB passes through are positive; its own codes are not.
+MDB_PAGE_NOTFOUND = -30797
+MDB_CORRUPTED = -30796
+MDB_PANIC = -30795
+MDB_VERSION_MISMATCH = -30794
+MDB_INVALID = -30793
+MDB_READERS_FULL = -30790
+_LMDB_DAMAGED = frozenset({MDB_PAGE_NOTFOUND, MDB_CORRUPTED, MDB_PANIC, MDB_VERSION_MISMATCH,
+                           MDB_INVALID})
+
+
+def convert_error(err: BaseException, path: str | os.PathLike[str] | None = None, *,
+                  cls: type[SynfastError] = CopyFailed,
+                  hints: Mapping[int, str] | None = None) -> SynfastError:
+    """The one translation of an OS or LMDB failure into a one-line SynfastError.
+
+    ``err`` is an :class:`OSError`, or an LMDB error raised by synfast's LMDB
+    extension (it carries ``path``, ``code``, ``message`` and ``operation``).
+    ``path`` names what failed when the error's own path is not the one to show
+    (a temporary name, or no name at all).  ``cls`` and ``hints`` let a domain
+    word its own errors (the certdir points at ``--certdir``); a damaged LMDB
+    environment is always a :class:`CorruptEnvironment`.
+    """
+    if isinstance(err, SynfastError):
+        return err
+    code = getattr(err, "code", None)
+    if not isinstance(err, OSError) and isinstance(code, int) and hasattr(err, "operation"):
+        where = path if path is not None else getattr(err, "path", None)
+        message = str(getattr(err, "message", err))
+        what = f"{err.operation}: {message}" if err.operation else f"LMDB: {message}"
+        if code in _LMDB_DAMAGED:
+            return CorruptEnvironment(where, what, "the environment is damaged; restore it "
+                                      "from a backup, or check it with mdb_stat")
+        if code == MDB_READERS_FULL:
+            return cls(where, what, "every reader slot is taken; retry when the service has "
+                       "fewer readers")
+        # A positive code is an errno that LMDB passed through.
+        hint = ((hints or {}).get(code) or _HINTS.get(code, "")) if code > 0 else ""
+        return cls(where, what, hint)
+    if not isinstance(err, OSError):
+        return cls(path, str(err))
     where = path if path is not None else (err.filename or None)
     reason = err.strerror or str(err)
-    hints = {
-        errno.EACCES: "check the permissions, or run as a user who may access it",
-        errno.EPERM: "the operation is not permitted here; check permissions and mount options",
-        errno.ENOSPC: "the destination filesystem is full; free space or choose another place",
-        errno.EDQUOT: "the disk quota is exhausted; free space or raise the quota",
-        errno.EROFS: "the filesystem is mounted read-only; choose a writable destination",
-        errno.ENOENT: "check the path",
-        errno.EFBIG: "the file is too large for the destination (file size limit)",
-        errno.ENOTDIR: "a component of the path is not a directory",
-    }
-    return CopyFailed(where, reason.lower() if reason[:1].isupper() else reason,
-                      hints.get(err.errno or 0, ""))
+    number = err.errno or 0
+    hint = (hints or {}).get(number) or _HINTS.get(number, "")
+    return cls(where, reason.lower() if reason[:1].isupper() else reason, hint)

@@ -13,12 +13,10 @@ from posix.types cimport off_t
 
 from sysio cimport (
     EINTR, EINVAL, ENXIO, EXDEV, ENOSYS, EOPNOTSUPP, EIO, ENOTTY,
-    SEEK_SET, SEEK_CUR, SEEK_DATA, SEEK_HOLE, AT_FDCWD,
-    RENAME_EXCHANGE, RENAME_NOREPLACE, FICLONE, POSIX_FADV_DONTNEED,
-    lseek, pread, pwrite, ftruncate, copy_file_range, renameat2, ioctl,
-    posix_fadvise, fstat, stat, fstatfs, statfs,
+    SEEK_SET, SEEK_CUR, SEEK_DATA, SEEK_HOLE, FICLONE,
+    lseek, pread, pwrite, ftruncate, copy_file_range, ioctl,
+    fstat, stat, fstatfs, statfs,
     splice, pipe2, fcntl, close, read, F_SETPIPE_SZ, F_GETPIPE_SZ, SPLICE_F_MOVE, O_CLOEXEC,
-    sync_file_range, SYNC_FILE_RANGE_WRITE,
 )
 cimport sysio
 
@@ -558,42 +556,6 @@ def copy_fd(int src_fd, int dst_fd, *, int reflink=AUTO, int sparse=AUTO,
             close(pipefd[1])
 
 
-def rename_noreplace(src, dst):
-    """rename(2) that fails with EEXIST instead of replacing an existing ``dst``."""
-    cdef bytes a = _fs(src)
-    cdef bytes b = _fs(dst)
-    cdef const char *pa = a
-    cdef const char *pb = b
-    cdef int rc
-    with nogil:
-        rc = renameat2(AT_FDCWD, pa, AT_FDCWD, pb, RENAME_NOREPLACE)
-    if rc != 0:
-        raise OSError(errno, _strerror(errno), src, None, dst)
-
-
-def rename_exchange(a, b):
-    """Atomically swap two existing paths (renameat2 RENAME_EXCHANGE)."""
-    cdef bytes x = _fs(a)
-    cdef bytes y = _fs(b)
-    cdef const char *px = x
-    cdef const char *py = y
-    cdef int rc
-    with nogil:
-        rc = renameat2(AT_FDCWD, px, AT_FDCWD, py, RENAME_EXCHANGE)
-    if rc != 0:
-        raise OSError(errno, _strerror(errno), a, None, b)
-
-
-def start_writeback(int fd):
-    """Start writing ``fd``'s dirty pages to disk without waiting
-    (sync_file_range SYNC_FILE_RANGE_WRITE); a later fsync waits for less."""
-    cdef int rc
-    with nogil:
-        rc = sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE)
-    if rc != 0:
-        raise OSError(errno, _strerror(errno))
-
-
 def fs_magic(int fd):
     """The filesystem type (``statfs.f_type``, e.g. 0xEF53 for ext4) of ``fd``."""
     cdef statfs sfs
@@ -603,20 +565,6 @@ def fs_magic(int fd):
     if rc != 0:
         raise OSError(errno, _strerror(errno))
     return <unsigned long>sfs.f_type & 0xFFFFFFFF
-
-
-def drop_cache(int fd, long long offset=0, long long length=0):
-    """Ask the kernel to drop the cached pages of ``fd`` (POSIX_FADV_DONTNEED)."""
-    cdef int rc
-    with nogil:
-        rc = posix_fadvise(fd, offset, length, POSIX_FADV_DONTNEED)
-    if rc:
-        raise OSError(rc, _strerror(rc))
-
-
-cdef bytes _fs(path):
-    import os
-    return os.fsencode(path)
 
 
 cdef str _strerror(int code):

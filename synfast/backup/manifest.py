@@ -29,7 +29,6 @@ are hashed natively, four at a time per thread and on every core (see
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -41,7 +40,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from synfast.errors import SynfastError, from_oserror
+from synfast.errors import SynfastError, convert_error
+from synfast.files import durable
 
 FORMAT = "synfast-backup"
 VERSION = 1
@@ -79,10 +79,10 @@ def segments_of(fd: int, size: int) -> list[tuple[int, int, list[tuple[int, int]
     """The file's segments as ``(start, end, ranges)``: ``ranges`` are the
     block-aligned ranges inside the segment that touch a data extent (merged,
     in order); only they are read."""
-    from synfast.files import _sparse
+    from synfast.files.sparse import extents
 
     merged: list[tuple[int, int]] = []
-    for off, length in _sparse.extents(fd):
+    for off, length in extents(fd):
         first = off // BLOCK * BLOCK
         end = min(size, -(-(off + length) // BLOCK) * BLOCK)
         if merged and first <= merged[-1][1]:
@@ -162,31 +162,13 @@ def hostname() -> str:
 
 
 def write_json_durably(path: Path, obj: Any, *, fsync: bool = True) -> None:
-    """Write ``obj`` as JSON to ``path`` via a temporary name, fsync, rename, fsync
-    of the directory: the file is there whole or not at all."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    """Write ``obj`` as JSON to ``path``, whole or not at all
+    (:func:`synfast.files.durable.write_atomic`)."""
     data = (json.dumps(obj, indent=1, sort_keys=False) + "\n").encode()
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            if fsync:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        if fsync:
-            dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+        durable.write_atomic(path, data, mode=0o644, replace=True, fsync=fsync)
     except OSError as err:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise from_oserror(err, path) from err
+        raise convert_error(err, path) from err
 
 
 def manifest_path(backup: str | os.PathLike[str]) -> Path:
@@ -270,7 +252,7 @@ def read(backup: str | os.PathLike[str]) -> dict:
                 else "not a complete synfast backup")
         raise ManifestError(path, "is missing", hint) from err
     except OSError as err:
-        raise from_oserror(err, path) from err
+        raise convert_error(err, path) from err
     try:
         obj = json.loads(text)
     except ValueError as err:

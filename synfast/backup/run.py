@@ -54,8 +54,9 @@ from synfast.errors import (
     SourceMissing,
     SynfastError,
     UsageError,
-    from_oserror,
+    convert_error,
 )
+from synfast.files import durable
 from synfast.files import sparse as files
 from synfast.lmdb import env as lmdbenv
 
@@ -138,7 +139,7 @@ class _EnvCopier:
         try:
             begin_all(snaps)
         except _lmdb.LmdbError as err:
-            raise lmdbenv._lmdb_error(err, err.path) from err
+            raise convert_error(err) from err
         after = time.time()
         self.snapshot_time = before
         self.snapshot_bound = after
@@ -294,14 +295,12 @@ def pause_point(name: str) -> None:
 
 
 def _drop_cache(path: Path) -> None:
-    from synfast.files import _sparse
-
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     except OSError:
         return
     try:
-        _sparse.drop_cache(fd)
+        durable.drop_cache(fd)
     except OSError:
         pass
     finally:
@@ -327,17 +326,15 @@ def copy_file_chunked(src: Path, dst: Path, st: os.stat_result, *, throttle: Thr
     native copy cannot be paced); creates ``dst`` exclusively and removes it on
     failure; raises :class:`SourceChanged` when the source changed meanwhile.
     Returns the data bytes copied."""
-    from synfast.files import _sparse
-
     done = 0
     with files.new_copy_fds(src, dst, display_dst, job="backup") as (sfd, dfd):
-        for off, length in _sparse.extents(sfd):
+        for off, length in files.extents(sfd):
             end = off + length
             while off < end:
                 try:
                     chunk = os.pread(sfd, min(_CHUNK, end - off), off)
                 except OSError as err:
-                    raise from_oserror(err, src) from err
+                    raise convert_error(err, src) from err
                 if not chunk:
                     break
                 try:
@@ -347,7 +344,7 @@ def copy_file_chunked(src: Path, dst: Path, st: os.stat_result, *, throttle: Thr
                         n = os.pwrite(dfd, view, pos)
                         view, pos = view[n:], pos + n
                 except OSError as err:
-                    raise from_oserror(err, display_dst) from err
+                    raise convert_error(err, display_dst) from err
                 off += len(chunk)
                 done += len(chunk)
                 check_cancelled()
@@ -362,7 +359,7 @@ def copy_file_chunked(src: Path, dst: Path, st: os.stat_result, *, throttle: Thr
         try:
             os.ftruncate(dfd, st.st_size)
         except OSError as err:
-            raise from_oserror(err, display_dst) from err
+            raise convert_error(err, display_dst) from err
     return done
 
 
@@ -555,7 +552,7 @@ def backup(
     except FileNotFoundError as err:
         raise SourceMissing(src, "does not exist", "check the path") from err
     except OSError as err:
-        raise from_oserror(err, src) from err
+        raise convert_error(err, src) from err
     if not stat.S_ISDIR(sst.st_mode):
         raise UsageError(src, "is not a directory", "give the service's directory")
     _check_excludes(src, exclude)
@@ -607,7 +604,7 @@ def backup(
             raise DestinationExists(partial, "appeared while the backup was starting",
                                     "is another backup running?") from err
         except OSError as err:
-            raise from_oserror(err, partial) from err
+            raise convert_error(err, partial) from err
         try:
             _execute(the_plan, partial, report, engine=engine, jobs=jobs, fsync=fsync,
                      checksum=checksum, throttle=throttle, drop=drop_cache, reflink=reflink,
@@ -619,19 +616,17 @@ def backup(
                      })
             pause_point("manifest-written")
             try:
-                from synfast.files import _sparse
-
-                _sparse.rename_noreplace(partial, dst)
+                durable.place(partial, dst)
             except FileExistsError as err:
                 raise DestinationExists(dst, "appeared while the backup was running",
                                         "choose a new name") from err
             except OSError as err:
-                raise from_oserror(err, dst) from err
+                raise convert_error(err, dst) from err
             # The marker stays until the rename, so that a partial with a
             # manifest is still recognised as unfinished.
             os.unlink(dst / manifest.META_DIR / manifest.PARTIAL_MARKER)
             if fsync:
-                files.fsync_dir(dst.parent)
+                durable.fsync_dir(dst.parent)
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
             raise
@@ -680,15 +675,13 @@ def _execute(the_plan: Plan, tmp: Path, report: BackupReport, *, engine: str,
         mid_file_hook = os.environ.get(PAUSE_ENV) == "mid-file"
 
         def finish(e: Entry, out: Path, written: int) -> None:
-            from synfast.files import _sparse
-
             fd = os.open(out, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
             try:
                 files.apply_metadata(fd, e.st)
                 if fsync:
                     # Writeback runs while the checksum reads the pages from the
                     # cache; the fsync after it then has little left to wait for.
-                    _sparse.start_writeback(fd)
+                    durable.start_writeback(fd)
                 ost = os.fstat(fd)
                 c0 = time.monotonic()
                 digest = manifest.checksum_fd(fd) if checksum else None
@@ -696,7 +689,7 @@ def _execute(the_plan: Plan, tmp: Path, report: BackupReport, *, engine: str,
                 if fsync:
                     os.fsync(fd)
                 if drop:
-                    _sparse.drop_cache(fd)
+                    durable.drop_cache(fd)
             finally:
                 os.close(fd)
             rec = {"path": e.rel, "type": e.kind, "size": ost.st_size,
@@ -798,7 +791,7 @@ def _execute(the_plan: Plan, tmp: Path, report: BackupReport, *, engine: str,
     for d in sorted(dirs, key=lambda d: d.rel.count("/") + (1 if d.rel else 0), reverse=True):
         files.apply_metadata(tmp / d.rel if d.rel else tmp, d.st)
         if fsync:
-            files.fsync_dir(tmp / d.rel if d.rel else tmp)
+            durable.fsync_dir(tmp / d.rel if d.rel else tmp)
 
     envs_out = [env_records[k] for k in sorted(env_records)]
     times = [manifest.parse_iso(e["snapshot_time"]) for e in envs_out]
@@ -850,7 +843,7 @@ def _execute(the_plan: Plan, tmp: Path, report: BackupReport, *, engine: str,
     manifest.write_json_durably(meta / manifest.MANIFEST, doc, fsync=fsync)
     os.utime(meta, ns=(time.time_ns(), time.time_ns()))
     if fsync:
-        files.fsync_dir(tmp)
+        durable.fsync_dir(tmp)
     report.manifest = doc
     report.checksum_seconds = cks_time[0]
 
@@ -964,7 +957,7 @@ def restore(
             try:
                 st = os.lstat(src)
             except OSError as err:
-                raise from_oserror(err, src) from err
+                raise convert_error(err, src) from err
             files.copy_file_new(src, partial / e["path"], st, preserve=True, fsync=fsync,
                                 display_dst=service / e["path"])
 
@@ -980,11 +973,9 @@ def restore(
             target = partial / d["path"] if d["path"] else partial
             files.apply_metadata(target, os.lstat(bdir / d["path"] if d["path"] else bdir))
             if fsync:
-                files.fsync_dir(target)
+                durable.fsync_dir(target)
         if not force:
             _check_not_in_use(service)   # again: the service may have started meanwhile
-        from synfast.files import _sparse
-
         if os.path.lexists(service):
             stamp = time.strftime("%Y%m%dT%H%M%S")
             old = service.with_name(f"{service.name}.old-{stamp}")
@@ -992,11 +983,11 @@ def restore(
             while os.path.lexists(old):
                 n += 1
                 old = service.with_name(f"{service.name}.old-{stamp}-{n}")
-            _sparse.rename_noreplace(service, old)
+            durable.place(service, old)
             report.moved_aside = old
-        _sparse.rename_noreplace(partial, service)
+        durable.place(partial, service)
         if fsync:
-            files.fsync_dir(service.parent)
+            durable.fsync_dir(service.parent)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise

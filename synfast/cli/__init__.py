@@ -101,7 +101,7 @@ def _run(args: list[str]) -> None:
     except OSError as err:
         if state.debug:
             raise
-        from synfast.errors import from_oserror
+        from synfast.errors import convert_error
 
-        print(f"synfast: error: {from_oserror(err)}", file=sys.stderr)
+        print(f"synfast: error: {convert_error(err)}", file=sys.stderr)
         sys.exit(1)

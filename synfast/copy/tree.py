@@ -26,8 +26,9 @@ from synfast.errors import (
     SynfastError,
     UnsupportedFileType,
     UsageError,
-    from_oserror,
+    convert_error,
 )
+from synfast.files import durable
 from synfast.files import sparse as files
 from synfast.lmdb import env as lmdbenv
 
@@ -102,7 +103,7 @@ def plan(source: str | os.PathLike[str], *, exclude: tuple[str, ...] = ()) -> Pl
     except FileNotFoundError as err:
         raise SourceMissing(src, "does not exist", "check the path") from err
     except OSError as err:
-        raise from_oserror(err, src) from err
+        raise convert_error(err, src) from err
     if stat.S_ISDIR(st.st_mode):
         return walk_tree(src, excluded=(lambda rel: _excluded(rel, exclude)) if exclude else None)
     result = Plan(src)
@@ -148,7 +149,7 @@ def walk_tree(root: Path, *, excluded: Callable[[str], bool] | None = None,
             with os.scandir(path) as it:
                 children = sorted(it, key=lambda c: c.name)
         except OSError as err:
-            raise from_oserror(err, path) from err
+            raise convert_error(err, path) from err
         subdirs: list[tuple[Path, str, os.stat_result]] = []
         singles: set[str] = set()
         pending: list[Entry] = []
@@ -289,17 +290,17 @@ def copy(
     report = CopyReport(src, dst)
     root = the_plan.entries[0]
     is_tree = root.kind == "dir"
-    tmp = files.temp_sibling(dst, directory=is_tree)
+    tmp = durable.temp_sibling(dst, directory=is_tree)
     try:
         _execute(the_plan, tmp, report, reflink=reflink, sparse=sparse, engine=lmdb_engine,
                  jobs=jobs, fsync=fsync, cfr=copy_file_range, preserve=preserve)
         if fsync:
-            files.fsync_dir(dst.parent)
-        files.place(tmp, dst, force=force)
+            durable.fsync_dir(dst.parent)
+        files.place_copy(tmp, dst, force=force)
         if fsync:
-            files.fsync_dir(dst.parent)
+            durable.fsync_dir(dst.parent)
     except BaseException:
-        files.remove_path(tmp)
+        durable.remove_path(tmp)
         raise
     report.seconds = time.monotonic() - started
     return report
@@ -375,7 +376,7 @@ def _execute(the_plan: Plan, tmp: Path, report: CopyReport, *, reflink: str, spa
         else:
             os.chmod(target, stat.S_IMODE(d.st.st_mode) | 0o700)
         if fsync:
-            files.fsync_dir(target)
+            durable.fsync_dir(target)
 
     for e in work:
         report.source_apparent += e.st.st_size

@@ -25,8 +25,9 @@ from synfast.errors import (
     SourceMissing,
     UnsupportedFileType,
     UsageError,
-    from_oserror,
+    convert_error,
 )
+from synfast.files import durable
 
 Mode = Literal["never", "auto", "always"]
 MODES: tuple[str, ...] = ("never", "auto", "always")
@@ -108,10 +109,13 @@ class FileUsage:
     extents: int
 
 
-def extents(path: str | os.PathLike[str]) -> list[tuple[int, int]]:
-    """Data extents of the file at ``path`` as (offset, length) pairs."""
+def extents(path: int | str | os.PathLike[str]) -> list[tuple[int, int]]:
+    """Data extents of the file at ``path`` (or of the open file ``path``) as
+    (offset, length) pairs, found with SEEK_DATA/SEEK_HOLE: no hole is read."""
     from synfast.files import _sparse
 
+    if isinstance(path, int):
+        return _sparse.extents(path)
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         return _sparse.extents(fd)
@@ -181,7 +185,7 @@ def copy_open_file(
                              "use --reflink=auto, or copy within one filesystem that "
                              "supports reflinks (XFS, btrfs)") from err
         side = (display_dst or dst_path) if err.errno in _DEST_ERRNOS else src_path
-        raise from_oserror(err, side) from err
+        raise convert_error(err, side) from err
     if raw["changed"]:
         before = expected.st_size if expected is not None else raw["size"]
         raise SourceChanged(
@@ -222,12 +226,12 @@ def new_copy_fds(src: Path, dst: Path, display_dst: Path | None = None,
     except FileNotFoundError as err:
         raise SourceChanged(src, *_VANISHED[job]) from err
     except OSError as err:
-        raise from_oserror(err, src) from err
+        raise convert_error(err, src) from err
     try:
         try:
             dst_fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         except OSError as err:
-            raise from_oserror(err, display_dst or dst) from err
+            raise convert_error(err, display_dst or dst) from err
         try:
             yield src_fd, dst_fd
         except BaseException:
@@ -261,86 +265,17 @@ def copy_file_new(
     return result
 
 
-def place(tmp: Path, dst: Path, *, force: bool) -> None:
-    """Move the finished ``tmp`` to ``dst`` in one step.
-
-    Without ``force`` an existing ``dst`` is never replaced, even one that
-    appeared while we copied (RENAME_NOREPLACE).  With ``force`` a file is
-    replaced atomically; an existing directory is swapped with RENAME_EXCHANGE
-    and the old one removed afterwards, so ``dst`` never holds a partial copy.
-    """
-    import shutil
-
-    from synfast.files import _sparse
-
-    if not force:
-        try:
-            _sparse.rename_noreplace(tmp, dst)
-            return
-        except FileExistsError as err:
-            raise DestinationExists(dst, "appeared while the copy was running",
-                                    "pass --force to replace it") from err
-        except OSError as err:
-            if err.errno not in (errno.EINVAL, errno.ENOSYS):
-                raise
-        if os.path.lexists(dst):
-            raise DestinationExists(dst, "already exists", "pass --force to replace it")
-        os.rename(tmp, dst)
-        return
-    if os.path.isdir(dst) and not os.path.islink(dst):
-        try:
-            _sparse.rename_exchange(tmp, dst)
-        except OSError:
-            old = dst.with_name(f".{dst.name}.synfast-old-{os.getpid()}")
-            os.rename(dst, old)
-            os.rename(tmp, dst)
-            shutil.rmtree(old)
-            return
-        if os.path.isdir(tmp) and not os.path.islink(tmp):
-            shutil.rmtree(tmp)
-        else:
-            os.unlink(tmp)
-        return
-    os.replace(tmp, dst)
-
-
-def fsync_dir(path: str | os.PathLike[str]) -> None:
-    """fsync a directory, so the names created or renamed in it are durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+def place_copy(tmp: Path, dst: Path, *, force: bool) -> None:
+    """Move a finished copy to ``dst`` (:func:`synfast.files.durable.place`),
+    wording a refusal for the command line: without ``force`` an existing
+    ``dst``, even one that appeared while we copied, is never replaced."""
+    if not force and os.path.lexists(dst):
+        raise DestinationExists(dst, "already exists", "pass --force to replace it")
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def remove_path(path: str | os.PathLike[str]) -> None:
-    """Remove a file, a symlink or a whole directory tree; a missing path is fine
-    (used to clean up our own temporary output)."""
-    import shutil
-
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-
-
-def temp_sibling(dst: Path, directory: bool) -> Path:
-    """A fresh hidden name beside ``dst`` for building it (same filesystem, so the
-    final rename is atomic).  A directory is created (mode 0700); for a file only
-    the name is reserved, since the copier creates it exclusively itself.  Not
-    :mod:`tempfile`: importing it costs the command line 7 ms of start-up."""
-    for _ in range(100):
-        name = dst.parent / f".{dst.name}.{os.urandom(6).hex()}.synfast-partial"
-        if directory:
-            try:
-                os.mkdir(name, 0o700)
-            except FileExistsError:
-                continue
-            return name
-        if not os.path.lexists(name):
-            return name
-    raise FileExistsError(errno.EEXIST, "no free temporary name", str(dst.parent))
+        durable.place(tmp, dst, replace=force)
+    except FileExistsError as err:
+        raise DestinationExists(dst, "appeared while the copy was running",
+                                "pass --force to replace it") from err
 
 
 def copy_file(
@@ -361,17 +296,17 @@ def copy_file(
     except FileNotFoundError as err:
         raise SourceMissing(src_p, "does not exist", "check the path") from err
     except OSError as err:
-        raise from_oserror(err, src_p) from err
+        raise convert_error(err, src_p) from err
     if not stat.S_ISREG(st.st_mode):
         raise UnsupportedFileType(src_p, "is not a regular file")
     if os.path.lexists(dst_p) and not force:
         raise DestinationExists(dst_p, "already exists", "pass --force to replace it")
-    tmp = temp_sibling(dst_p, directory=False)
+    tmp = durable.temp_sibling(dst_p, directory=False)
     try:
         result = copy_file_new(src_p, tmp, st, reflink=reflink, sparse=sparse,
                                copy_file_range=copy_file_range, preserve=preserve,
                                fsync=fsync, display_dst=dst_p)
-        place(tmp, dst_p, force=force)
+        place_copy(tmp, dst_p, force=force)
     except BaseException:
         if os.path.lexists(tmp):
             os.unlink(tmp)

@@ -44,15 +44,14 @@ from typing import Any
 
 from synfast.errors import (
     CopyFailed,
-    CorruptEnvironment,
     DestinationExists,
     NotAnEnvironment,
     SourceMissing,
     SynfastError,
-    from_oserror,
+    convert_error,
 )
-from synfast.files.sparse import fsync_dir, remove_path
-from synfast.lmdb._lmdb import CORRUPTED, INVALID, PAGE_NOTFOUND, PANIC, VERSION_MISMATCH, LmdbError
+from synfast.files.durable import fsync_dir, place, remove_path
+from synfast.lmdb._lmdb import LmdbError
 from synfast.lmdb._rebuild import Snapshot, begin_all
 
 __all__ = [
@@ -74,7 +73,6 @@ ENGINES = ("auto", "rebuild", "compact", "raw")
 _META_MAGIC = (0xBEEFC0DE).to_bytes(4, "little")
 _META_MAGIC_OFFSET = 16
 
-_CORRUPT_CODES = {INVALID, CORRUPTED, PAGE_NOTFOUND, VERSION_MISMATCH, PANIC}
 
 # The ``auto`` rule's thresholds; see choose_engine() and the README's "How auto chooses"
 # for the measurements behind them.
@@ -119,21 +117,10 @@ def _check_magic(data: Path) -> None:
         with open(data, "rb") as f:
             head = f.read(_META_MAGIC_OFFSET + 4)
     except OSError as err:
-        raise from_oserror(err, data) from None
+        raise convert_error(err, data) from None
     if head[_META_MAGIC_OFFSET:_META_MAGIC_OFFSET + 4] != _META_MAGIC:
         raise NotAnEnvironment(data, "not an LMDB data file (no LMDB meta page)",
                                "give an LMDB environment directory or data file")
-
-
-def _lmdb_error(err: LmdbError) -> SynfastError:
-    """Turn the native layer's LmdbError into a one-line SynfastError."""
-    if err.code in _CORRUPT_CODES:
-        return CorruptEnvironment(err.path, f"{err.operation}: {err.message}",
-                                  "the environment is damaged; restore it from a backup")
-    if err.code > 0 and err.code < 200:    # an errno that LMDB passed through
-        hint = from_oserror(OSError(err.code, err.message), err.path).hint
-        return CopyFailed(err.path, f"{err.operation}: {err.message}", hint)
-    return CopyFailed(err.path, f"{err.operation}: {err.message}")
 
 
 def open_snapshot(path: str | os.PathLike[str], *, begin: bool = True) -> Snapshot:
@@ -149,9 +136,9 @@ def open_snapshot(path: str | os.PathLike[str], *, begin: bool = True) -> Snapsh
     try:
         return Snapshot(os.fspath(p), subdir=subdir, begin=begin)
     except LmdbError as err:
-        raise _lmdb_error(err) from None
+        raise convert_error(err) from None
     except OSError as err:
-        raise from_oserror(err, p) from None
+        raise convert_error(err, p) from None
 
 
 def open_snapshots(paths: Iterable[str | os.PathLike[str]]) -> list[Snapshot]:
@@ -170,7 +157,7 @@ def open_snapshots(paths: Iterable[str | os.PathLike[str]]) -> list[Snapshot]:
     except LmdbError as err:
         for s in snaps:
             s.close()
-        raise _lmdb_error(err) from None
+        raise convert_error(err) from None
     except BaseException:
         for s in snaps:
             s.close()
@@ -218,9 +205,7 @@ def rebuild_environment(
             report = snap.rebuild(os.fspath(tmp), **options)
             if report["subdir"]:
                 fsync_dir(tmp)
-            from synfast.files._sparse import rename_noreplace
-
-            rename_noreplace(os.fspath(tmp), os.fspath(dst))
+            place(tmp, dst)
         except LmdbError as err:
             mine = _output_error(err, tmp, dst)    # judged while the output exists
             remove_path(tmp)
@@ -232,12 +217,12 @@ def rebuild_environment(
             raise
         fsync_dir(parent)
     except LmdbError as err:
-        raise _lmdb_error(err) from None
+        raise convert_error(err) from None
     except FileExistsError:
         raise DestinationExists(dst, "destination exists",
                                 "remove it or choose another destination") from None
     except OSError as err:
-        raise from_oserror(err) from None
+        raise convert_error(err) from None
     finally:
         if own:
             snap.close()
@@ -255,7 +240,7 @@ def _destination_error(err: LmdbError, out: Path, display: Path) -> SynfastError
     code = lmdbenv.destination_errno(err.code, out)
     if code is None:
         return None
-    return from_oserror(OSError(code, os.strerror(code)), display)
+    return convert_error(OSError(code, os.strerror(code)), display)
 
 
 def _output_error(err: LmdbError, tmp: Path, dst: Path) -> SynfastError | None:
@@ -263,8 +248,7 @@ def _output_error(err: LmdbError, tmp: Path, dst: Path) -> SynfastError | None:
     destination the caller asked for.  None when ``err`` is the source's."""
     if err.path != os.fspath(tmp):
         return None
-    return _destination_error(err, tmp, dst) or _lmdb_error(
-        LmdbError(os.fspath(dst), err.code, err.message, err.operation))
+    return _destination_error(err, tmp, dst) or convert_error(err, dst)
 
 
 def rebuild_data_file(snap: Snapshot, out: Path, display: Path,
@@ -277,7 +261,6 @@ def rebuild_data_file(snap: Snapshot, out: Path, display: Path,
     ``display``, the final name; any other LMDB failure names ``source``;
     OS errors name ``display``.
     """
-    from synfast.lmdb import env as lmdbenv
 
     try:
         return snap.rebuild(os.fspath(out), subdir=False)
@@ -286,10 +269,10 @@ def rebuild_data_file(snap: Snapshot, out: Path, display: Path,
         remove_path(out)
         if mine is not None:
             raise mine from err
-        raise lmdbenv._lmdb_error(err, source) from err
+        raise convert_error(err, source) from err
     except OSError as err:
         remove_path(out)
-        raise from_oserror(err, display) from err
+        raise convert_error(err, display) from err
     except BaseException:
         remove_path(out)
         raise

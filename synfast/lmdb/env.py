@@ -21,11 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from synfast.errors import (
-    CopyFailed,
     CorruptEnvironment,
     NotAnEnvironment,
-    SynfastError,
-    from_oserror,
+    convert_error,
 )
 
 MAGIC = 0xBEEFC0DE
@@ -170,14 +168,14 @@ def check_environment_dir(path: str | os.PathLike[str]) -> EnvLocation | None:
         st = None
     except OSError as err:
         # The directory itself cannot be searched: name it, not a file in it.
-        raise from_oserror(err, p) from err
+        raise convert_error(err, p) from err
     if st is not None and stat.S_ISREG(st.st_mode):
         if Path(f"{data}-lock").exists() and not (p / "lock.mdb").exists():
             return None  # data.mdb is a single-file environment of its own
         try:
             meta = read_meta(data, strict=True)
         except OSError as err:
-            raise from_oserror(err, data) from err
+            raise convert_error(err, data) from err
         if meta is None:
             raise CorruptEnvironment(
                 data, "is not an LMDB data file (no LMDB meta page at its start)",
@@ -212,23 +210,6 @@ class EnvInfo:
         return (self.last_pgno + 1) * self.page_size
 
 
-def _lmdb_error(err: Exception, path: os.PathLike[str] | str) -> SynfastError:
-    from synfast.lmdb import _lmdb
-
-    code = getattr(err, "code", None)
-    message = getattr(err, "message", str(err))
-    if code in (_lmdb.INVALID, _lmdb.CORRUPTED, _lmdb.PAGE_NOTFOUND, _lmdb.VERSION_MISMATCH,
-                _lmdb.PANIC):
-        return CorruptEnvironment(path, f"LMDB cannot use it: {message}",
-                                  "restore it from a backup, or check it with mdb_stat")
-    if code == _lmdb.READERS_FULL:
-        return CopyFailed(path, f"LMDB: {message}",
-                          "every reader slot is taken; retry when the service has fewer readers")
-    if isinstance(err, OSError):
-        return from_oserror(err, path)
-    return CopyFailed(path, f"LMDB: {message}")
-
-
 def environment_info(path: str | os.PathLike[str]) -> EnvInfo:
     """Open the environment read-only (with its lock file) and report on it."""
     from synfast.lmdb import _lmdb
@@ -239,7 +220,7 @@ def environment_info(path: str | os.PathLike[str]) -> EnvInfo:
     try:
         raw = _lmdb.env_info(os.fspath(loc.path), loc.subdir)
     except (_lmdb.LmdbError, OSError) as err:
-        raise _lmdb_error(err, loc.data_path) from err
+        raise convert_error(err, loc.data_path) from err
     holder = 0
     if loc.lock_path.exists():
         try:
@@ -310,7 +291,7 @@ def _writeback_while(fd: int, enabled: bool, every: float = 0.05) -> Iterator[No
         return
     import threading
 
-    from synfast.files._sparse import start_writeback
+    from synfast.files.durable import start_writeback
 
     stop = threading.Event()
 
@@ -361,9 +342,9 @@ def copy_environment(
             code = destination_errno(
                 getattr(err, "code", None) or getattr(err, "errno", None), dst)
             if code is not None:
-                raise from_oserror(OSError(code, os.strerror(code)),
+                raise convert_error(OSError(code, os.strerror(code)),
                                    display_dst or dst) from err
-            raise _lmdb_error(err, src.data_path) from err
+            raise convert_error(err, src.data_path) from err
         head = os.pread(fd, raw["page_size"] + _META_LEN, 0)
     except BaseException:
         os.close(fd)
@@ -396,4 +377,4 @@ def databases(path: str | os.PathLike[str]) -> dict:
     try:
         return _lmdb.env_databases(os.fspath(loc.path), loc.subdir)
     except (_lmdb.LmdbError, OSError) as err:
-        raise _lmdb_error(err, loc.data_path) from err
+        raise convert_error(err, loc.data_path) from err

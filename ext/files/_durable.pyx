@@ -1,0 +1,67 @@
+# cython: language_level=3
+"""Durable, atomic placement primitives (mechanism only; policy lives in
+synfast.files.durable): renames that never replace, or that swap, and hints to
+the page cache about when to write back and what to drop.  Each call runs with
+the GIL released."""
+
+from libc.errno cimport errno
+
+from sysio cimport (
+    AT_FDCWD, RENAME_NOREPLACE, RENAME_EXCHANGE, POSIX_FADV_DONTNEED,
+    SYNC_FILE_RANGE_WRITE, renameat2, posix_fadvise, sync_file_range,
+)
+
+
+def rename_noreplace(src, dst):
+    """rename(2) that fails with EEXIST instead of replacing an existing ``dst``."""
+    cdef bytes a = _fs(src)
+    cdef bytes b = _fs(dst)
+    cdef const char *pa = a
+    cdef const char *pb = b
+    cdef int rc
+    with nogil:
+        rc = renameat2(AT_FDCWD, pa, AT_FDCWD, pb, RENAME_NOREPLACE)
+    if rc != 0:
+        raise OSError(errno, _strerror(errno), src, None, dst)
+
+
+def rename_exchange(a, b):
+    """Atomically swap two existing paths (renameat2 RENAME_EXCHANGE)."""
+    cdef bytes x = _fs(a)
+    cdef bytes y = _fs(b)
+    cdef const char *px = x
+    cdef const char *py = y
+    cdef int rc
+    with nogil:
+        rc = renameat2(AT_FDCWD, px, AT_FDCWD, py, RENAME_EXCHANGE)
+    if rc != 0:
+        raise OSError(errno, _strerror(errno), a, None, b)
+
+
+def start_writeback(int fd):
+    """Start writing ``fd``'s dirty pages to disk without waiting
+    (sync_file_range SYNC_FILE_RANGE_WRITE); a later fsync waits for less."""
+    cdef int rc
+    with nogil:
+        rc = sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE)
+    if rc != 0:
+        raise OSError(errno, _strerror(errno))
+
+
+def drop_cache(int fd, long long offset=0, long long length=0):
+    """Ask the kernel to drop the cached pages of ``fd`` (POSIX_FADV_DONTNEED)."""
+    cdef int rc
+    with nogil:
+        rc = posix_fadvise(fd, offset, length, POSIX_FADV_DONTNEED)
+    if rc:
+        raise OSError(rc, _strerror(rc))
+
+
+cdef bytes _fs(path):
+    import os
+    return os.fsencode(path)
+
+
+cdef str _strerror(int code):
+    import os
+    return os.strerror(code)

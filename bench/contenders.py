@@ -101,7 +101,7 @@ def available() -> list[Contender]:
                              note=f"synfast copy --lmdb-engine {engine}"))
     if "rebuild" not in cli_engines and _has_rebuild_engine():
         out.append(Contender("synfast:rebuild", frozenset({ENV}), _driver("synfast-rebuild"),
-                             note="synfast.lmdb.engines.rebuild_environment (no CLI option yet)"))
+                             note="synfast.lmdb.snapshot.rebuild_environment (no CLI option yet)"))
     out.append(Contender("synfast:sparse-always", frozenset({FILE}),
                          _synfast_copy("--sparse", "always"),
                          note="synfast copy --sparse always (also punches zero blocks)"))
@@ -166,7 +166,7 @@ def _engine_choices(help_text: str) -> set[str]:
 
 def _has_rebuild_engine() -> bool:
     r = subprocess.run([sys.executable, "-c",
-                        "from synfast.lmdb.engines import rebuild_environment"],
+                        "from synfast.lmdb.snapshot import rebuild_environment"],
                        capture_output=True, cwd=ROOT)
     return r.returncode == 0
 
@@ -221,7 +221,7 @@ def drive_synapse_style(src: str, dst: str) -> None:
 def drive_synfast_rebuild(src: str, dst: str) -> None:
     """The issue-5 rebuild engine through its Python API (used while the CLI
     has no --lmdb-engine rebuild)."""
-    from synfast.lmdb.engines import rebuild_environment
+    from synfast.lmdb.snapshot import rebuild_environment
 
     rebuild_environment(src, dst)
 

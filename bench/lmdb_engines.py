@@ -3,7 +3,7 @@
 Contenders, each run as its own process so that wall time is the whole
 process's (interpreter start and imports included) and memory is the process's:
 
-- ``rebuild``   synfast.lmdb.engines.rebuild_environment (native rebuild, fsynced)
+- ``rebuild``   synfast.lmdb.snapshot.rebuild_environment (native rebuild, fsynced)
 - ``compact``   synfast.lmdb.env.copy_environment(engine="compact") with writeback
   started during the copy, then fsync (as a backup does)
 - ``raw``       the same with engine="raw" (mdb_env_copyfd2 without compaction)
@@ -98,7 +98,7 @@ def build_dataset(name: str, scale: float) -> Path:
     if name in REBUILT_FROM:
         # A dataset after a rebuild: already compact, the case where ``auto``
         # must not rebuild.  Not in lmdb-copy-facts.md; used for the auto rule.
-        from synfast.lmdb.engines import rebuild_environment
+        from synfast.lmdb.snapshot import rebuild_environment
 
         rep = rebuild_environment(build_dataset(REBUILT_FROM[name], scale), path)
         done.write_text(f"last_pgno={rep['bytes_written'] // rep['page_size'] - 1} "
@@ -150,17 +150,18 @@ def build_dataset(name: str, scale: float) -> Path:
 def driver(engine: str, src: str, dst: str) -> None:
     """The CLI-free body of one contender run (executed in a child process)."""
     if engine == "rebuild":
-        from synfast.lmdb.engines import rebuild_environment
+        from synfast.lmdb.snapshot import rebuild_environment
 
         rebuild_environment(src, dst)
         return
     from synfast.lmdb import env as lmdbenv
+    from synfast.lmdb import meta as lmdbmeta
 
     # As a backup copies with these engines: writeback started during the
     # copy, then fsync.
     os.mkdir(dst)
     out = os.path.join(dst, "data.mdb")
-    lmdbenv.copy_environment(lmdbenv.locate(src), out, engine=engine, writeback=True)
+    lmdbenv.copy_environment(lmdbmeta.locate(src), out, engine=engine, writeback=True)
     fd = os.open(out, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -306,12 +307,12 @@ def bench(name: str, scale: float, runs: int, only: list[str], verify: bool) -> 
               f"{check_same(src, out / f'{name}-rebuild')}", file=sys.stderr)
         shutil.rmtree(out / f"{name}-rebuild")
     st = os.stat(src / "data.mdb")
-    from synfast.lmdb import engines
+    from synfast.lmdb import choose, snapshot
 
-    snap = engines.open_snapshot(src)
+    snap = snapshot.open_snapshot(src)
     try:
-        facts = engines.engine_facts(snap)
-        choice = engines.choose_engine(snap)
+        facts = choose.engine_facts(snap)
+        choice = choose.choose_engine(snap)
     finally:
         snap.close()
     print(f"\n# auto facts for {name}: free_fraction={facts['free_fraction']:.3f} "

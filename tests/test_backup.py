@@ -14,8 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from synfast.backup import manifest, retention
-from synfast.backup import run as backup_api
+from synfast.backup import checksum as cks
+from synfast.backup import hooks, manifest, partials, retention
+from synfast.lmdb import meta as lmdbmeta
+from synfast.lmdb.engines import ENGINES
 from tests.conftest import (
     IS_ROOT,
     allocated,
@@ -72,7 +74,7 @@ def backup_ok(*args) -> subprocess.CompletedProcess[str]:
     return proc
 
 
-@pytest.mark.parametrize("engine", backup_api.available_engines())
+@pytest.mark.parametrize("engine", list(ENGINES))
 def test_backup_verify_restore_round_trip(tmp_path: Path, engine: str) -> None:
     svc = service(tmp_path)
     if IS_ROOT:
@@ -162,13 +164,13 @@ def test_checksum_ignores_how_holes_are_laid_out(tmp_path: Path) -> None:
             f.write(chunk)
     write_layout(c, size, [(0, bytes(1 << 20)), (64 << 20, bytes(65536)), *at])  # zeros as data
     write_layout(d, size, [at[0], (100 << 20, data[:4999] + b"!")])
-    sums = {p.name: manifest.checksum_file(p) for p in (a, b, c, d)}
+    sums = {p.name: cks.checksum_file(p) for p in (a, b, c, d)}
     assert sums["a"] == sums["b"] == sums["c"] != sums["d"]
     assert allocated(a) < 1 << 20
     write_layout(tmp_path / "e", size + 1, at)     # one more zero byte
-    assert manifest.checksum_file(tmp_path / "e") != sums["a"]
+    assert cks.checksum_file(tmp_path / "e") != sums["a"]
     write_layout(tmp_path / "f", size, [(3 << 20, data), (90 << 20, data[:5000])])  # moved
-    assert manifest.checksum_file(tmp_path / "f") != sums["a"]
+    assert cks.checksum_file(tmp_path / "f") != sums["a"]
 
 
 def test_bwlimit_ionice_and_hooks(tmp_path: Path) -> None:
@@ -187,7 +189,8 @@ def test_bwlimit_ionice_and_hooks(tmp_path: Path) -> None:
 def test_ionice_sets_the_idle_class() -> None:
     if not shutil.which("ionice"):
         pytest.skip("ionice (util-linux) is not installed")
-    code = ("import os, subprocess; from synfast.backup.run import set_ionice; set_ionice('idle');"
+    code = ("import os, subprocess; from synfast.backup.pacing import set_ionice; "
+            "set_ionice('idle');"
             "print(subprocess.run(['ionice', '-p', str(os.getpid())], capture_output=True,"
             " text=True).stdout)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -231,9 +234,8 @@ def live_service(tmp_path: Path):
             assert p.stdout.readline().strip() == "ready"
         deadline = time.monotonic() + 30
         for name in ("a.lmdb", "sub/b.lmdb"):
-            from synfast.lmdb import env as lmdbenv
 
-            while lmdbenv.read_meta(svc / name / "data.mdb").txnid < 200:
+            while lmdbmeta.read_meta(svc / name / "data.mdb").txnid < 200:
                 assert time.monotonic() < deadline
                 time.sleep(0.01)
         yield svc, procs
@@ -246,7 +248,7 @@ def live_service(tmp_path: Path):
 def test_backup_of_a_live_service_is_consistent(tmp_path: Path, live_service) -> None:
     svc, writers = live_service
     txnids = []
-    for n, engine in enumerate(backup_api.available_engines()):
+    for n, engine in enumerate(list(ENGINES)):
         bk = tmp_path / f"bk{n}"
         backup_ok(svc, bk, "--lmdb-engine", engine, "-q")
         assert all(w.poll() is None for w in writers)
@@ -262,7 +264,7 @@ def test_backup_of_a_live_service_is_consistent(tmp_path: Path, live_service) ->
 # ------------------------------------------------------------------ killed
 
 def _run_until_paused(point: str, *args) -> subprocess.Popen:
-    env = {**os.environ, backup_api.PAUSE_ENV: point}
+    env = {**os.environ, hooks.PAUSE_ENV: point}
     proc = subprocess.Popen([sys.executable, "-m", "synfast", "backup", *map(str, args)],
                             stderr=subprocess.PIPE, text=True, env=env)
     seen = []
@@ -274,7 +276,7 @@ def _run_until_paused(point: str, *args) -> subprocess.Popen:
     raise AssertionError("".join(seen))
 
 
-@pytest.mark.parametrize("point", backup_api.PAUSE_POINTS)
+@pytest.mark.parametrize("point", hooks.PAUSE_POINTS)
 def test_killed_backup_leaves_no_destination(tmp_path: Path, point: str) -> None:
     svc = service(tmp_path)
     write_layout(svc / "blob", 8 << 20, [(0, os.urandom(4 << 20))])
@@ -284,7 +286,7 @@ def test_killed_backup_leaves_no_destination(tmp_path: Path, point: str) -> None
     proc.wait(timeout=30)
     assert not dst.exists()
     assert (tmp_path / "bk.partial").is_dir()
-    partial = backup_api.read_partial(tmp_path / "bk.partial")
+    partial = partials.read_partial(tmp_path / "bk.partial")
     assert partial is not None and not partial.active
     # the next run reports it; the same name is refused until cleaned
     proc = run_cli("backup", svc, tmp_path / "next")
@@ -298,7 +300,7 @@ def test_killed_backup_leaves_no_destination(tmp_path: Path, point: str) -> None
     assert run_cli("verify", dst).returncode == 0
 
 
-@pytest.mark.parametrize("point", backup_api.PAUSE_POINTS)
+@pytest.mark.parametrize("point", hooks.PAUSE_POINTS)
 def test_interrupted_backup_stops_promptly_and_removes_its_partial(tmp_path: Path,
                                                                   point: str) -> None:
     # Ctrl-C reaches only the main thread; a copy thread in the middle of a
@@ -322,7 +324,7 @@ def test_running_backup_partial_is_left_alone(tmp_path: Path) -> None:
     svc = service(tmp_path)
     proc = _run_until_paused("snapshots-taken", svc, tmp_path / "bk")
     try:
-        p = backup_api.read_partial(tmp_path / "bk.partial")
+        p = partials.read_partial(tmp_path / "bk.partial")
         assert p is not None and p.active and p.pid == proc.pid
         out = run_cli("backup", svc, tmp_path / "other", "--clean-partial")
         assert out.returncode == 0, out.stderr
@@ -452,9 +454,8 @@ def test_manifest_times_read_back_exactly() -> None:
 def test_corrupt_environment_in_source(tmp_path: Path) -> None:
     svc = service(tmp_path)
     data = svc / "layers" / "abc123" / "layer_v2.lmdb" / "data.mdb"
-    from synfast.lmdb import env as lmdbenv
 
-    os.truncate(data, lmdbenv.read_meta(data).used_size - 8192)
+    os.truncate(data, lmdbmeta.read_meta(data).used_size - 8192)
     proc = run_cli("backup", svc, tmp_path / "bk")
     assert_one_line_error(proc, str(data.parent), "truncated", code=1)
     assert sorted(os.listdir(tmp_path)) == ["cortex00"]
@@ -493,8 +494,8 @@ def test_file_removed_by_the_service_during_the_backup_is_listed(tmp_path: Path,
                                                                  how: str) -> None:
     svc = service(tmp_path)
     resume = tmp_path / "resume"
-    env = {**os.environ, backup_api.PAUSE_ENV: "snapshots-taken",
-           backup_api.RESUME_ENV: str(resume)}
+    env = {**os.environ, hooks.PAUSE_ENV: "snapshots-taken",
+           hooks.RESUME_ENV: str(resume)}
     proc = subprocess.Popen([sys.executable, "-m", "synfast", "backup", "--json", str(svc),
                              str(tmp_path / "bk")], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env)

@@ -13,10 +13,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from synfast.backup import _hash, manifest
+from synfast.backup import _hash
+from synfast.backup import checksum as cks
 from tests.conftest import write_layout
 
-BLOCK = manifest.BLOCK
+BLOCK = cks.BLOCK
 U64 = struct.Struct("<Q")
 
 
@@ -43,8 +44,8 @@ def reference_segment(data: bytes, start: int, end: int) -> bytes:
 def reference_file(path: Path) -> str:
     data = path.read_bytes()
     h = hashlib.blake2b(digest_size=32)
-    for s0 in range(0, max(1, len(data)), manifest.SEGMENT):
-        h.update(b"S" + reference_segment(data, s0, min(len(data), s0 + manifest.SEGMENT)))
+    for s0 in range(0, max(1, len(data)), cks.SEGMENT):
+        h.update(b"S" + reference_segment(data, s0, min(len(data), s0 + cks.SEGMENT)))
     h.update(b"E" + U64.pack(len(data)))
     return h.hexdigest()
 
@@ -128,10 +129,10 @@ def test_checksum_file_keeps_the_v2_format(tmp_path: Path) -> None:
     write_layout(path, size, [(5, os.urandom(300_000)), (70 << 20, bytes(3 * BLOCK)),
                               ((70 << 20) + 3 * BLOCK, os.urandom(BLOCK + 1)),
                               (size - 100, os.urandom(100))])
-    assert manifest.checksum_file(path) == reference_file(path)
+    assert cks.checksum_file(path) == reference_file(path)
     empty = tmp_path / "empty"
     empty.touch()
-    assert manifest.checksum_file(empty) == reference_file(empty)
+    assert cks.checksum_file(empty) == reference_file(empty)
 
 
 def test_a_file_that_shrinks_is_an_error(tmp_path: Path) -> None:

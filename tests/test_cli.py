@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from synfast import __version__
-from synfast.lmdb import env as lmdbenv
+from synfast.lmdb import meta as lmdbmeta
 from tests.conftest import (
     IS_ROOT,
     allocated,
@@ -167,7 +167,7 @@ def test_scan_reports_files_and_environments(tmp_path: Path) -> None:
     sparse = by_path["sparse.bin"]
     assert (sparse["apparent"], sparse["data_bytes"], sparse["extents"]) == (5 << 30, 65536, 1)
     cell = by_path["slabs/cell.lmdb"]
-    meta = lmdbenv.read_meta(svc / "slabs/cell.lmdb/data.mdb")
+    meta = lmdbmeta.read_meta(svc / "slabs/cell.lmdb/data.mdb")
     assert cell["kind"] == "env" and cell["map_size"] == 4 << 30
     assert cell["used_size"] == meta.used_size
     totals = report["totals"]
@@ -255,7 +255,7 @@ def test_corrupt_data_mdb(tmp_path: Path) -> None:
 def test_truncated_data_mdb(tmp_path: Path) -> None:
     svc = service_dir(tmp_path)
     data = svc / "layers" / "abc123" / "layer_v2.lmdb" / "data.mdb"
-    os.truncate(data, lmdbenv.read_meta(data).used_size - 8192)
+    os.truncate(data, lmdbmeta.read_meta(data).used_size - 8192)
     for engine in ("compact", "rebuild"):
         proc = run_cli("copy", "--lmdb-engine", engine, svc, tmp_path / "dst")
         # names the environment (its directory or its data file)

@@ -24,6 +24,7 @@ import pytest
 
 from synfast.copy import tree
 from synfast.lmdb import env as lmdbenv
+from synfast.lmdb import meta as lmdbmeta
 
 WINDOW = 40
 
@@ -79,7 +80,7 @@ def live_env(tmp_path: Path):
     try:
         assert proc.stdout.readline().strip() == "ready"
         deadline = time.monotonic() + 30
-        while lmdbenv.read_meta(path / "data.mdb").txnid < 200:
+        while lmdbmeta.read_meta(path / "data.mdb").txnid < 200:
             assert time.monotonic() < deadline and proc.poll() is None
             time.sleep(0.01)
         yield path, proc
@@ -95,7 +96,7 @@ def test_copies_under_continuous_commits_are_consistent(tmp_path: Path, live_env
     for n in range(12):
         out = tmp_path / f"copy-{engine}-{n}"
         out.mkdir()
-        r = lmdbenv.copy_environment(lmdbenv.locate(path), out / "data.mdb", engine=engine)
+        r = lmdbenv.copy_environment(lmdbmeta.locate(path), out / "data.mdb", engine=engine)
         assert writer.poll() is None
         counter = check_snapshot(out)
         if engine == "raw":

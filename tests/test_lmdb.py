@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from synfast.copy import tree
+from synfast.copy import walk
 from synfast.errors import CorruptEnvironment, NotAnEnvironment
 from synfast.lmdb import _lmdb
 from synfast.lmdb import env as lmdbenv
+from synfast.lmdb import meta as lmdbmeta
 from tests.conftest import make_env, mdb_dump
 
 
@@ -44,12 +45,12 @@ def test_directory_environment_copy_holds_the_same_data(tmp_path: Path, engine: 
     src = rich_env(tmp_path / "src.lmdb")
     out = tmp_path / "out"
     out.mkdir()
-    r = lmdbenv.copy_environment(lmdbenv.locate(src), out / "data.mdb", engine=engine)
+    r = lmdbenv.copy_environment(lmdbmeta.locate(src), out / "data.mdb", engine=engine)
     assert os.listdir(out) == ["data.mdb"]  # no lock file is copied or made
     assert mdb_dump(src) == mdb_dump(out)
     assert r.page_size == os.sysconf("SC_PAGE_SIZE")
     assert r.bytes_written == os.path.getsize(out / "data.mdb")
-    info = lmdbenv.read_meta(src / "data.mdb")
+    info = lmdbmeta.read_meta(src / "data.mdb")
     assert r.txnid == info.txnid and r.txnid_exact
     if engine == "compact":
         assert r.bytes_written < os.path.getsize(src / "data.mdb")
@@ -57,7 +58,7 @@ def test_directory_environment_copy_holds_the_same_data(tmp_path: Path, engine: 
 
 def test_single_file_environment_copy(tmp_path: Path) -> None:
     src = rich_env(tmp_path / "store.mdb", subdir=False)
-    loc = lmdbenv.locate(src)
+    loc = lmdbmeta.locate(src)
     assert loc is not None and not loc.subdir
     lmdbenv.copy_environment(loc, tmp_path / "copy.mdb")
     assert mdb_dump(src, subdir=False) == mdb_dump(tmp_path / "copy.mdb", subdir=False)
@@ -68,11 +69,11 @@ def test_environments_are_found_by_content_not_name(tmp_path: Path) -> None:
     (tmp_path / "notes.lmdb.txt").write_bytes(b"\0" * 8192)
     (tmp_path / "fake").mkdir()
     (tmp_path / "fake" / "data.mdb.bak").write_bytes(b"x" * 8192)
-    assert lmdbenv.locate(tmp_path / "store") == lmdbenv.EnvLocation(tmp_path / "store", True)
-    assert lmdbenv.locate(tmp_path / "store" / "data.mdb").subdir  # part of the dir env
-    assert lmdbenv.locate(tmp_path / "notes.lmdb.txt") is None
-    assert lmdbenv.locate(tmp_path / "fake") is None
-    kinds = {e.rel: e.kind for e in tree.plan(tmp_path).entries}
+    assert lmdbmeta.locate(tmp_path / "store") == lmdbmeta.EnvLocation(tmp_path / "store", True)
+    assert lmdbmeta.locate(tmp_path / "store" / "data.mdb").subdir  # part of the dir env
+    assert lmdbmeta.locate(tmp_path / "notes.lmdb.txt") is None
+    assert lmdbmeta.locate(tmp_path / "fake") is None
+    kinds = {e.rel: e.kind for e in walk.plan(tmp_path).entries}
     assert kinds["store/data.mdb"] == "env"
     assert "store/lock.mdb" not in kinds
     assert kinds["notes.lmdb.txt"] == "file"
@@ -83,22 +84,22 @@ def test_garbage_data_mdb_is_reported_as_corrupt(tmp_path: Path) -> None:
     d.mkdir()
     (d / "data.mdb").write_bytes(os.urandom(16384))
     with pytest.raises(CorruptEnvironment, match="data.mdb"):
-        tree.plan(tmp_path)
+        walk.plan(tmp_path)
 
 
 def test_lmdb_named_directory_without_environment(tmp_path: Path) -> None:
     (tmp_path / "cell.lmdb").mkdir()
     with pytest.raises(NotAnEnvironment, match="cell.lmdb"):
-        tree.plan(tmp_path)
+        walk.plan(tmp_path)
 
 
 def test_truncated_data_mdb_is_an_error_not_a_crash(tmp_path: Path) -> None:
     src = rich_env(tmp_path / "t.lmdb")
-    meta = lmdbenv.read_meta(src / "data.mdb")
+    meta = lmdbmeta.read_meta(src / "data.mdb")
     os.truncate(src / "data.mdb", meta.used_size // 2)
     out = tmp_path / "copy.mdb"
     with pytest.raises(CorruptEnvironment, match="truncated"):
-        lmdbenv.copy_environment(lmdbenv.locate(src), out)
+        lmdbenv.copy_environment(lmdbmeta.locate(src), out)
     assert not out.exists()
 
 
@@ -128,7 +129,7 @@ def test_info_reports_map_pages_and_live_readers(tmp_path: Path) -> None:
         info = lmdbenv.environment_info(env)
         assert info.map_size == 3 << 30
         assert info.page_size == os.sysconf("SC_PAGE_SIZE")
-        assert info.last_pgno == lmdbenv.read_meta(env / "data.mdb").last_pgno
+        assert info.last_pgno == lmdbmeta.read_meta(env / "data.mdb").last_pgno
         assert [r["pid"] for r in info.readers] == [reader.pid]
         assert info.readers[0]["txnid"] == info.last_txnid
         assert info.open_by_pid == reader.pid
@@ -156,6 +157,6 @@ def test_copy_matches_mdb_copy(tmp_path: Path) -> None:
     subprocess.run(["mdb_copy", "-c", str(src), str(theirs)], check=True)
     ours = tmp_path / "ours"
     ours.mkdir()
-    lmdbenv.copy_environment(lmdbenv.locate(src), ours / "data.mdb")
+    lmdbenv.copy_environment(lmdbmeta.locate(src), ours / "data.mdb")
     assert mdb_dump(ours) == mdb_dump(theirs)
     shutil.rmtree(theirs)

@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from synfast.errors import CorruptEnvironment, DestinationExists, NotAnEnvironment, SynfastError
-from synfast.lmdb import engines
+from synfast.lmdb import choose, snapshot
 
 MAXKEY = 511          # mdb_env_get_maxkeysize of a default LMDB build
 MAP_SIZE = 1 << 28
@@ -96,7 +96,7 @@ def mdb_load(path: Path, subdir: bool, name: bytes | None, flags: set[str],
 
 
 def rebuild(src: Path, dst: Path) -> dict:
-    return engines.rebuild_environment(src, dst)
+    return snapshot.rebuild_environment(src, dst)
 
 
 # ------------------------------------------------------------------ generated environments
@@ -194,7 +194,7 @@ def test_generated_environments_rebuild_to_the_same_data(spec):
         if subdir:
             src.mkdir()
         make_env(src, subdir, plain, dbs)
-        report = engines.rebuild_environment(src, dst, txn_entries=txn_entries)
+        report = snapshot.rebuild_environment(src, dst, txn_entries=txn_entries)
         assert report["named_databases"] == len(dbs)
         expected = len(plain) + sum(len({kv for kv in items}) for _, items in dbs.values())
         assert report["entries"] == expected
@@ -467,10 +467,10 @@ def test_snapshots_begun_together_reflect_one_moment(tmp_path):
     try:
         for attempt in range(3):
             writer.wait_for(writer.latest + 2)
-            snaps = engines.open_snapshots(paths)
+            snaps = snapshot.open_snapshots(paths)
             try:
                 for i, (p, snap) in enumerate(zip(paths, snaps, strict=True)):
-                    engines.rebuild_environment(p, tmp_path / f"b{attempt}-{i}", snapshot=snap)
+                    snapshot.rebuild_environment(p, tmp_path / f"b{attempt}-{i}", snapshot=snap)
             finally:
                 for snap in snaps:
                     snap.close()
@@ -482,7 +482,7 @@ def test_snapshots_begun_together_reflect_one_moment(tmp_path):
         # environment taken when its copy starts, the writer moving on between.
         rounds = []
         for i, p in enumerate(paths):
-            engines.rebuild_environment(p, tmp_path / f"late-{i}")
+            snapshot.rebuild_environment(p, tmp_path / f"late-{i}")
             rounds.append(read_round(tmp_path / f"late-{i}"))
             writer.wait_for(rounds[-1] + 2)
         assert not one_moment(rounds)
@@ -537,7 +537,7 @@ def test_interrupt_removes_the_partial_output(tmp_path):
         with pytest.raises(Stop) as caught:
             # one entry per transaction: the rebuild runs long enough to be
             # interrupted between commits
-            engines.rebuild_environment(src, dst, txn_entries=1)
+            snapshot.rebuild_environment(src, dst, txn_entries=1)
         t.join()
         # the native loop itself noticed the signal (not Python after it returned)
         assert any("_rebuild.pyx" in str(entry.path) for entry in caught.traceback)
@@ -559,10 +559,10 @@ def test_full_destination_is_named_and_leaves_nothing(tmp_path, small_tmpfs):
 def test_not_an_environment(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(NotAnEnvironment):
-        engines.open_snapshot(tmp_path / "empty")
+        snapshot.open_snapshot(tmp_path / "empty")
     (tmp_path / "file").write_bytes(b"not lmdb" * 1000)
     with pytest.raises(NotAnEnvironment):
-        engines.rebuild_environment(tmp_path / "file", tmp_path / "out")
+        snapshot.rebuild_environment(tmp_path / "file", tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
@@ -572,7 +572,7 @@ def test_truncated_source_is_refused(tmp_path):
     with open(src / "data.mdb", "r+b") as f:
         f.truncate(8 * 4096)
     with pytest.raises(CorruptEnvironment, match="truncated"):
-        engines.open_snapshot(src)
+        snapshot.open_snapshot(src)
 
 
 def test_single_file_environment_keeps_its_layout(tmp_path):
@@ -583,7 +583,7 @@ def test_single_file_environment_keeps_its_layout(tmp_path):
         for i in range(500):
             txn.put(b"k%d" % (i % 10), b"%05d" % i, db=db)
     env.close()
-    snap = engines.open_snapshot(src)
+    snap = snapshot.open_snapshot(src)
     assert not snap.subdir
     snap.close()
     report = rebuild(src, dst)
@@ -603,20 +603,20 @@ def test_auto_rebuilds_a_loose_environment_and_compacts_a_compact_one(tmp_path):
         for _ in range(20000):                # random order: pages split half full
             txn.put(rng.randbytes(16), rng.randbytes(rng.choice([60, 120, 400])), db=db)
     env.close()
-    loose = engines.open_snapshot(src)
+    loose = snapshot.open_snapshot(src)
     try:
-        facts = engines.engine_facts(loose)
-        assert engines.choose_engine(loose) == "rebuild"
-        report = engines.rebuild_environment(src, dst, snapshot=loose)
+        facts = choose.engine_facts(loose)
+        assert choose.choose_engine(loose) == "rebuild"
+        report = snapshot.rebuild_environment(src, dst, snapshot=loose)
     finally:
         loose.close()
     # the prediction is close to what the rebuild wrote
     written = report["bytes_written"] // report["page_size"]
     assert abs(facts["rebuild_pages"] - written) <= 0.08 * written
-    assert facts["rebuild_saving"] >= engines.AUTO_MIN_REBUILD_SAVING
+    assert facts["rebuild_saving"] >= choose.AUTO_MIN_REBUILD_SAVING
     # a rebuilt environment is compact: nothing left to gain; with no overflow
     # values LMDB's compacting copy is the fastest
-    assert engines.choose_engine(dst) == "compact"
+    assert choose.choose_engine(dst) == "compact"
 
 
 def test_auto_rebuilds_a_compact_environment_of_overflow_values(tmp_path):
@@ -627,14 +627,14 @@ def test_auto_rebuilds_a_compact_environment_of_overflow_values(tmp_path):
         for i in range(3000):                 # in key order: pages full, nothing to gain
             txn.put(b"k%08d" % i, os.urandom(5000 if i % 4 == 0 else 100), db=db)
     env.close()
-    engines.rebuild_environment(src, dst)
-    snap = engines.open_snapshot(dst)
+    snapshot.rebuild_environment(src, dst)
+    snap = snapshot.open_snapshot(dst)
     try:
-        facts = engines.engine_facts(snap)
-        assert facts["rebuild_saving"] < engines.AUTO_MIN_REBUILD_SAVING
-        assert facts["overflow_pages"] > engines.AUTO_COMPACT_MAX_OVERFLOW * facts["entries"]
+        facts = choose.engine_facts(snap)
+        assert facts["rebuild_saving"] < choose.AUTO_MIN_REBUILD_SAVING
+        assert facts["overflow_pages"] > choose.AUTO_COMPACT_MAX_OVERFLOW * facts["entries"]
         # compact hands every overflow value between two threads: rebuild instead
-        assert engines.choose_engine(snap) == "rebuild"
+        assert choose.choose_engine(snap) == "rebuild"
     finally:
         snap.close()
 
@@ -660,9 +660,9 @@ def test_release_bytes_unmaps_the_source_as_it_goes(tmp_path):
     make_env(src, True, {b"%08d" % i: os.urandom(1000) for i in range(64 * 1024)}, {})
     resident = {}
     for release in (0, 1 << 20):
-        snap = engines.open_snapshot(src)
+        snap = snapshot.open_snapshot(src)
         try:
-            engines.rebuild_environment(src, tmp_path / f"out{release}", snapshot=snap,
+            snapshot.rebuild_environment(src, tmp_path / f"out{release}", snapshot=snap,
                                         release_bytes=release)
             resident[release] = _mapped_rss(src / "data.mdb")
         finally:

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from synfast.copy.tree import run_all
+from synfast.workers import run_all
 
 
 def test_serial_items_run_one_after_another_in_one_thread_beside_the_rest() -> None:

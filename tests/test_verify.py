@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from synfast.backup import checksum as cks
 from synfast.backup import manifest
-from synfast.lmdb import env as lmdbenv
+from synfast.lmdb import meta as lmdbmeta
 from tests.conftest import run_cli
 from tests.test_backup import backup_ok, service
 
@@ -82,12 +83,12 @@ def test_truncated_environment_is_refused_by_lmdb_when_sizes_are_not_checked(
         made: Path) -> None:
     env = made / "layers" / "abc123" / "layer_v2.lmdb"
     data = env / "data.mdb"
-    os.truncate(data, lmdbenv.read_meta(data).used_size - 8192)
+    os.truncate(data, lmdbmeta.read_meta(data).used_size - 8192)
     doc = json.loads((made / ".synfast" / "manifest.json").read_text())
     for e in doc["entries"]:
         if e["path"] == "layers/abc123/layer_v2.lmdb/data.mdb":
             e["size"] = os.path.getsize(data)
-            e["checksum"] = manifest.checksum_file(data)
+            e["checksum"] = cks.checksum_file(data)
     (made / ".synfast" / "manifest.json").write_text(json.dumps(doc))
     lines = problems(made)
     assert any(line.startswith(f"{env}: environment does not open or walk:")
@@ -118,7 +119,7 @@ def test_damaged_environment_without_checksums_is_reported_not_a_crash(made: Pat
     env = made / "slabs" / "cell.lmdb"
     data = env / "data.mdb"
     rng = random.Random(seed)
-    used = lmdbenv.read_meta(data).used_size
+    used = lmdbmeta.read_meta(data).used_size
     with open(data, "r+b") as f:
         for _ in range(8):
             f.seek(rng.randrange(8192, used - 64))

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from synfast.backup import manifest
-from synfast.backup.run import Partial, find_partials
+from synfast.backup.partials import Partial, find_partials
 from synfast.errors import SourceMissing, UsageError
 
 PARTIAL_MAX_AGE = 24 * 3600

@@ -22,13 +22,15 @@ import contextlib
 import os
 import stat
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from synfast import workers
+from synfast.backup import checksum as cks
 from synfast.backup import manifest
 from synfast.backup.manifest import ManifestError
+from synfast.lmdb import env as lmdbenv
 
 _TYPES = {"dir": stat.S_ISDIR, "file": stat.S_ISREG, "env": stat.S_ISREG,
           "symlink": stat.S_ISLNK}
@@ -85,86 +87,12 @@ def verify(backup: str | os.PathLike[str], *, checksums: bool = True,
                                        + (f" ({err.hint})" if err.hint else "")))
         report.seconds = time.monotonic() - t0
         return report
-    use_checksums = checksums and doc.get("checksum") == manifest.CHECKSUM_ALGORITHM
-    listed: set[str] = set()
-    bad_data: set[str] = set()
-    to_hash: list[dict] = []
-
-    def problem(rel: str, message: str) -> None:
-        report.problems.append(Problem(str(b / rel) if rel else str(b), message))
-
-    for e in doc["entries"]:
-        rel, kind = e["path"], e["type"]
-        listed.add(rel)
-        path = b / rel if rel else b
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            problem(rel, f"missing ({kind} listed in the manifest)")
-            bad_data.add(rel)
-            continue
-        except OSError as err:
-            problem(rel, f"cannot be read: {err.strerror}")
-            bad_data.add(rel)
-            continue
-        check = _TYPES.get(kind)
-        if check is None or not check(st.st_mode):
-            problem(rel, f"is not a {kind} as the manifest says")
-            bad_data.add(rel)
-            continue
-        if kind != "symlink" and stat.S_IMODE(st.st_mode) != e["mode"]:
-            problem(rel, f"mode {stat.S_IMODE(st.st_mode):04o}, the manifest says "
-                    f"{e['mode']:04o}")
-        if kind == "symlink":
-            target = os.readlink(path)
-            if target != e.get("target"):
-                problem(rel, f"points to {target!r}, the manifest says {e.get('target')!r}")
-        elif kind in ("file", "env"):
-            report.files_checked += 1
-            if st.st_size != e.get("size"):
-                problem(rel, f"size {st.st_size}, the manifest says {e.get('size')}")
-                bad_data.add(rel)
-            elif use_checksums and e.get("checksum"):
-                to_hash.append(e)
-
-    def digest(e: dict) -> tuple[dict, str | None, str]:
-        try:
-            return e, manifest.checksum_file(b / e["path"]), ""
-        except OSError as err:
-            return e, None, err.strerror or str(err)
-
-    workers = max(1, jobs or min(4, os.cpu_count() or 1))
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="synfast-verify") as pool:
-        for e, got, err in pool.map(digest, sorted(to_hash, key=lambda e: -e.get("size", 0))):
-            report.checksums_checked += 1
-            if got is None:
-                problem(e["path"], f"cannot be read: {err}")
-                bad_data.add(e["path"])
-            elif got != e["checksum"]:
-                problem(e["path"], "content differs from the manifest (checksum mismatch)")
-                bad_data.add(e["path"])
-
-    env_files = set()
-    vouched = {e["path"] for e in to_hash} - bad_data
-    for env in doc["environments"]:
-        env_files.add(env["data"])
-        _check_env(b, env, bad_data, report, problem, isolate=env["data"] not in vouched)
-
-    # Anything present that the manifest does not list.
-    for dirpath, dirnames, filenames in os.walk(b):
-        rel_dir = os.path.relpath(dirpath, b)
-        rel_dir = "" if rel_dir == "." else rel_dir
-        if rel_dir == "":
-            dirnames[:] = [d for d in dirnames if d != manifest.META_DIR]
-        for name in sorted(dirnames + filenames):
-            rel = f"{rel_dir}/{name}" if rel_dir else name
-            if rel in listed:
-                continue
-            if name == "lock.mdb" and f"{rel_dir}/data.mdb" in env_files:
-                continue   # LMDB made it when someone opened the copy
-            if name.endswith("-lock") and rel[:-5] in env_files:
-                continue
-            problem(rel, "is not in the manifest")
+    use_checksums = checksums and doc.get("checksum") == cks.CHECKSUM_ALGORITHM
+    check = _Checker(b, report)
+    check.entries(doc["entries"], use_checksums)
+    check.checksums(workers.default_workers(jobs))
+    check.environments(doc["environments"])
+    check.unlisted()
     if record:
         # A read-only backup can still be verified: recording is best effort.
         with contextlib.suppress(Exception):
@@ -175,15 +103,113 @@ def verify(backup: str | os.PathLike[str], *, checksums: bool = True,
     return report
 
 
+class _Checker:
+    """The checks of one verify, in order; each adds problems to the report."""
+
+    def __init__(self, b: Path, report: VerifyReport) -> None:
+        self.b, self.report = b, report
+        self.listed: set[str] = set()
+        self.bad_data: set[str] = set()
+        self.to_hash: list[dict] = []
+        self.env_files: set[str] = set()
+
+    def problem(self, rel: str, message: str) -> None:
+        self.report.problems.append(Problem(str(self.b / rel) if rel else str(self.b), message))
+
+    def entries(self, entries: list[dict], use_checksums: bool) -> None:
+        """Every listed entry exists with its type, mode, size and target."""
+        for e in entries:
+            rel, kind = e["path"], e["type"]
+            self.listed.add(rel)
+            path = self.b / rel if rel else self.b
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                self.problem(rel, f"missing ({kind} listed in the manifest)")
+                self.bad_data.add(rel)
+                continue
+            except OSError as err:
+                self.problem(rel, f"cannot be read: {err.strerror}")
+                self.bad_data.add(rel)
+                continue
+            is_kind = _TYPES.get(kind)
+            if is_kind is None or not is_kind(st.st_mode):
+                self.problem(rel, f"is not a {kind} as the manifest says")
+                self.bad_data.add(rel)
+                continue
+            if kind != "symlink" and stat.S_IMODE(st.st_mode) != e["mode"]:
+                self.problem(rel, f"mode {stat.S_IMODE(st.st_mode):04o}, the manifest says "
+                             f"{e['mode']:04o}")
+            if kind == "symlink":
+                target = os.readlink(path)
+                if target != e.get("target"):
+                    self.problem(rel, f"points to {target!r}, the manifest says "
+                                 f"{e.get('target')!r}")
+            elif kind in ("file", "env"):
+                self.report.files_checked += 1
+                if st.st_size != e.get("size"):
+                    self.problem(rel, f"size {st.st_size}, the manifest says {e.get('size')}")
+                    self.bad_data.add(rel)
+                elif use_checksums and e.get("checksum"):
+                    self.to_hash.append(e)
+
+    def checksums(self, threads: int) -> None:
+        """Every file whose size matched has the manifest's checksum (largest first)."""
+        def digest(e: dict) -> tuple[dict, str | None, str]:
+            try:
+                return e, cks.checksum_file(self.b / e["path"]), ""
+            except OSError as err:
+                return e, None, err.strerror or str(err)
+
+        pool = workers.executor(threads, "synfast-verify")
+        try:
+            for e, got, err in pool.map(digest, sorted(self.to_hash,
+                                                       key=lambda e: -e.get("size", 0))):
+                self.report.checksums_checked += 1
+                if got is None:
+                    self.problem(e["path"], f"cannot be read: {err}")
+                    self.bad_data.add(e["path"])
+                elif got != e["checksum"]:
+                    self.problem(e["path"],
+                                 "content differs from the manifest (checksum mismatch)")
+                    self.bad_data.add(e["path"])
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def environments(self, envs: list[dict]) -> None:
+        """Every environment opens and walks with the manifest's counts; one that
+        no checksum vouched for is walked in a forked child."""
+        vouched = {e["path"] for e in self.to_hash} - self.bad_data
+        for env in envs:
+            self.env_files.add(env["data"])
+            _check_env(self.b, env, self.bad_data, self.report, self.problem,
+                       isolate=env["data"] not in vouched)
+
+    def unlisted(self) -> None:
+        """Anything present that the manifest does not list is a problem."""
+        for dirpath, dirnames, filenames in os.walk(self.b):
+            rel_dir = os.path.relpath(dirpath, self.b)
+            rel_dir = "" if rel_dir == "." else rel_dir
+            if rel_dir == "":
+                dirnames[:] = [d for d in dirnames if d != manifest.META_DIR]
+            for name in sorted(dirnames + filenames):
+                rel = f"{rel_dir}/{name}" if rel_dir else name
+                if rel in self.listed:
+                    continue
+                if name == "lock.mdb" and f"{rel_dir}/data.mdb" in self.env_files:
+                    continue   # LMDB made it when someone opened the copy
+                if name.endswith("-lock") and rel[:-5] in self.env_files:
+                    continue
+                self.problem(rel, "is not in the manifest")
+
+
 def _walk_isolated(path: str, subdir: bool) -> dict:
-    """``_lmdb.env_walk`` in a forked child.  Its result, or its LmdbError or
+    """``synfast.lmdb.env.walk`` in a forked child.  Its result, or its LmdbError or
     OSError, comes back through a pipe; a child killed by a signal (LMDB
     crashing, or aborting on a failed assertion, on a damaged file) raises
     :class:`EnvCrashed`."""
     import pickle
     import signal
-
-    from synfast.lmdb import _lmdb
 
     rfd, wfd = os.pipe()
     pid = os.fork()
@@ -194,8 +220,8 @@ def _walk_isolated(path: str, subdir: bool) -> dict:
             null = os.open(os.devnull, os.O_WRONLY)
             os.dup2(null, 2)    # LMDB's assertion message is ours to word
             try:
-                out: Any = _lmdb.env_walk(path, subdir, True, True)
-            except (_lmdb.LmdbError, OSError) as err:
+                out: Any = lmdbenv.walk(path, subdir, nolock=True, full=True)
+            except (lmdbenv.LmdbError, OSError) as err:
                 out = err
             with os.fdopen(wfd, "wb") as w:
                 pickle.dump(out, w)
@@ -223,8 +249,6 @@ class EnvCrashed(Exception):
 
 def _check_env(b: Path, env: dict, bad_data: set[str], report: VerifyReport, problem,
                isolate: bool = False) -> None:
-    from synfast.lmdb import _lmdb
-
     rel = env["path"]
     if env["data"] in bad_data:
         problem(rel, "environment not opened: its data file does not match the manifest")
@@ -233,12 +257,12 @@ def _check_env(b: Path, env: dict, bad_data: set[str], report: VerifyReport, pro
     path = os.fspath(b / rel if rel else b)
     try:
         walked = (_walk_isolated(path, subdir) if isolate
-                  else _lmdb.env_walk(path, subdir, True, True))
+                  else lmdbenv.walk(path, subdir, nolock=True, full=True))
     except EnvCrashed as err:
         problem(rel, f"environment is damaged: reading it crashed LMDB ({err}); "
                 "restore from another backup")
         return
-    except _lmdb.LmdbError as err:
+    except lmdbenv.LmdbError as err:
         problem(rel, f"environment does not open or walk: {err.operation}: {err.message}")
         return
     except OSError as err:

@@ -51,7 +51,9 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of the console script and of ``python -m synfast``.
 
     A :class:`~synfast.errors.SynfastError` becomes one line on stderr and its exit
-    code; ``--debug`` lets the traceback through instead.  Run as a program
+    code; ``--debug`` lets the traceback through instead.  Ctrl-C exits 130 and
+    SIGTERM 143, each after whatever was being built is removed (SIGTERM is
+    raised as :class:`synfast.workers.Terminated`, a ``KeyboardInterrupt``).  Run as a program
     (``argv`` None), it ends with ``os._exit`` once the output is flushed:
     tearing the interpreter down (every module of Typer and the API) takes
     25 ms that the work is done without.  Every file is closed and every worker
@@ -60,6 +62,9 @@ def main(argv: list[str] | None = None) -> None:
     if argv is not None:
         _run(argv)
         return
+    from synfast.workers import terminate_as_interrupt
+
+    terminate_as_interrupt()
     try:
         _run(sys.argv[1:])
         code = 0
@@ -71,6 +76,15 @@ def main(argv: list[str] | None = None) -> None:
     except OSError:  # a closed pipe: nothing left to say
         code = code or 1
     os._exit(code)
+
+
+def _caused_by(err: BaseException, kind: type[BaseException]) -> bool:
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, kind):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _exit_code(code: object) -> int:
@@ -85,14 +99,25 @@ def _exit_code(code: object) -> int:
 def _run(args: list[str]) -> None:
     from synfast.cli._app import state
     from synfast.errors import SynfastError
+    from synfast.workers import Terminated
 
     try:
         load_commands(args)(args=args, prog_name="synfast")
+    except SystemExit as done:
+        # Typer turns KeyboardInterrupt into exit code 130; SIGTERM's is 143.
+        if done.code == 130 and _caused_by(done, Terminated):
+            sys.exit(143)
+        raise
     except SynfastError as err:
         if state.debug:
             raise
         print(f"synfast: error: {err}", file=sys.stderr)
         sys.exit(err.exit_code)
+    except Terminated:
+        if state.debug:
+            raise
+        print("synfast: terminated", file=sys.stderr)
+        sys.exit(143)
     except KeyboardInterrupt:
         if state.debug:
             raise

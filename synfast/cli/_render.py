@@ -5,8 +5,9 @@ from __future__ import annotations
 import sys
 
 
-def size(n: int | None) -> str:
-    """Human-readable bytes with binary units, as ``du -h`` and ``ls -lh`` print them."""
+def size(n: float | None) -> str:
+    """Human-readable bytes with binary units, as ``du -h`` and ``ls -lh`` print them
+    (the one size formatter: tables, summaries and progress lines all use it)."""
     if n is None:
         return "-"
     value = float(n)

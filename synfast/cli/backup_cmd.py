@@ -14,7 +14,7 @@ def backup_command(
         ..., metavar="DST", help="The backup's directory (must not exist); strftime fields such as "
         "%Y%m%d are expanded."),
     lmdb_engine: str = typer.Option(
-        None, "--lmdb-engine", metavar="ENGINE",
+        "auto", "--lmdb-engine", metavar="ENGINE",
         help="How environments are copied: auto (default when available), rebuild, "
         "compact or raw."),
     jobs: int = typer.Option(0, "--jobs", "-j", min=0,
@@ -52,17 +52,19 @@ def backup_command(
 
     Exit codes: 0 done, 1 failed, 2 bad usage.
     """
-    from synfast.backup import run as api
+    from synfast.backup.options import BackupOptions
+    from synfast.backup.run import backup
     from synfast.cli._render import print_json, size, warn
     from synfast.cli.progress import Reporter
 
     reporter = Reporter(quiet=quiet or json_out)
     try:
-        report = api.backup(
-            src, dst, lmdb_engine=lmdb_engine, jobs=jobs or None, exclude=tuple(exclude),
+        options = BackupOptions(
+            lmdb_engine=lmdb_engine, jobs=jobs or None, exclude=tuple(exclude),
             include_tmp=include_tmp, fsync=not no_fsync, checksum=not no_checksum,
             bwlimit=bwlimit, ionice=ionice, drop_cache=not no_drop_cache,
-            clean_partial=clean_partial, pre_cmd=pre_cmd, post_cmd=post_cmd, progress=reporter)
+            clean_partial=clean_partial, pre_cmd=pre_cmd, post_cmd=post_cmd)
+        report = backup(src, dst, options, progress=reporter)
     finally:
         reporter.close()
     for p in report.stale_partials:
@@ -98,10 +100,10 @@ def verify_command(
 ) -> None:
     """Check a backup against its manifest: files, sizes, modes, checksums, and a
     full walk of every LMDB environment. One line per problem; exit 1 if any."""
-    from synfast.backup import verify as api
+    from synfast.backup.verify import verify
     from synfast.cli._render import print_json
 
-    report = api.verify(backup, checksums=not no_checksum, jobs=jobs or None)
+    report = verify(backup, checksums=not no_checksum, jobs=jobs or None)
     if json_out:
         print_json(report.as_dict())
     else:
@@ -130,10 +132,10 @@ def restore_command(
 ) -> None:
     """Restore a backup as SERVICEDIR; an existing SERVICEDIR is moved aside to
     SERVICEDIR.old-YYYYmmddTHHMMSS."""
-    from synfast.backup import run as api
+    from synfast.backup.restore import restore
     from synfast.cli._render import print_json
 
-    report = api.restore(backup, service_dir, verify=not no_verify, force=force,
+    report = restore(backup, service_dir, verify=not no_verify, force=force,
                          jobs=jobs or None)
     if json_out:
         print_json(report.as_dict())

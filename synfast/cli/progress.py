@@ -13,13 +13,7 @@ import sys
 import time
 from typing import Any
 
-
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
+from synfast.cli._render import size
 
 
 class Reporter:
@@ -61,11 +55,14 @@ class Reporter:
                     TransferSpeedColumn(), TimeRemainingColumn(),
                     TextColumn("{task.fields[item]}"),
                     console=Console(file=sys.stderr), transient=True)
-                self._bar.start()
+                from synfast.workers import signals_blocked
+
+                with signals_blocked():     # its refresh thread must not take Ctrl-C
+                    self._bar.start()
                 self._task = self._bar.add_task("backup", total=max(self.total, 1), item="")
             else:
                 self._log(f"plan: {self.items} files and environments, "
-                          f"{_size(self.total)} allocated, {data['environments']} environments")
+                          f"{size(self.total)} allocated, {data['environments']} environments")
         elif event == "item":
             self.done += data["bytes"]
             self.count += 1
@@ -74,8 +71,8 @@ class Reporter:
             elif not self.tty and (data["kind"] == "env" or data["bytes"] >= self.LOG_MIN):
                 elapsed = max(time.monotonic() - self.t0, 1e-6)
                 self._log(f"[{self.count}/{self.items}] {data['kind']} {data['path']} "
-                          f"({_size(data['bytes'])}; {_size(self.done)} of {_size(self.total)}, "
-                          f"{_size(self.done / elapsed)}/s)")
+                          f"({size(data['bytes'])}; {size(self.done)} of {size(self.total)}, "
+                          f"{size(self.done / elapsed)}/s)")
 
     def close(self) -> None:
         if self._bar is not None:

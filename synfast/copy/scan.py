@@ -12,9 +12,9 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from synfast.copy import tree
-from synfast.files import sparse as files
-from synfast.lmdb import env as lmdbenv
+from synfast.copy.walk import plan
+from synfast.files.sparse import usage
+from synfast.lmdb.meta import read_meta
 
 
 @dataclass
@@ -65,7 +65,7 @@ class ScanReport:
 
 def scan(path: str | os.PathLike[str], *, exclude: tuple[str, ...] = ()) -> ScanReport:
     """Scan a file or directory tree; see the module docstring."""
-    the_plan = tree.plan(path, exclude=exclude)
+    the_plan = plan(path, exclude=exclude)
     report = ScanReport(Path(path))
     for e in the_plan.entries:
         full = report.root / e.rel if e.rel else report.root
@@ -77,11 +77,11 @@ def scan(path: str | os.PathLike[str], *, exclude: tuple[str, ...] = ()) -> Scan
             report.skipped.append((e.rel, e.special))
         else:
             data_path = e.env.data_path if e.env else full
-            use = files.usage(data_path)
+            use = usage(data_path)
             entry = ScanEntry(e.rel or full.name, e.kind, use.apparent, use.allocated,
                               use.data_bytes, use.extents)
             if e.env is not None:
-                meta = lmdbenv.read_meta(data_path)
+                meta = read_meta(data_path)
                 if meta is not None:
                     entry.map_size = meta.map_size
                     entry.used_size = meta.used_size

@@ -1,193 +1,42 @@
-"""LMDB environments: recognise them by content, describe them, copy them safely.
+"""Environments opened through LMDB, read-only and *with* their lock file.
 
-An environment is recognised by its first meta page (the LMDB magic number and
-the meta page flag), never by its name: services name their stores freely, and
-a copy that treated a live ``data.mdb`` as plain bytes would be torn.
+Every open here registers us in the environment's reader table, so a live
+writer sees our read transaction and does not reuse a page we may still read.
+``MDB_NOLOCK`` is used only on private copies (a backup being verified), never
+on a source.  Never open, with this module or with py-lmdb, an environment this
+process already has open: POSIX record locks belong to the process, and closing
+either handle drops the other's locks.
 
-Copies go through the LMDB C library (``mdb_env_copyfd2``) with the source
-opened read-only *with* its lock file, so a live writer sees our reader and
-does not reuse pages we are still copying.  ``lock.mdb`` is never copied.
+- :func:`environment_info`, :func:`databases`, :func:`walk`: what LMDB reports;
+- :func:`copy_environment`: LMDB's own copy (``mdb_env_copyfd2``), compacting
+  or raw, which takes its snapshot when it starts;
+- :func:`lock_state` and :func:`environments_in_use`: who has an environment
+  open, from the lock file's record locks (a dead process holds none).
+
+This module is the only importer of the extension :mod:`synfast.lmdb._lmdb`.
 """
 
 from __future__ import annotations
 
 import errno
 import os
-import stat
-import struct
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from synfast.errors import (
-    CorruptEnvironment,
-    NotAnEnvironment,
-    convert_error,
-)
+from synfast.errors import NotAnEnvironment, convert_error
+from synfast.lmdb import _lmdb
+from synfast.lmdb.meta import META_LEN, EnvLocation, locate, parse_meta
 
-MAGIC = 0xBEEFC0DE
-P_META = 0x08
-#: Where the fields of LMDB 0.9's meta page sit on a 64-bit little-endian host
-#: (16-byte page header, then MDB_meta).
-_META = struct.Struct("<QHHI II Q Q 48x IHH QQQQQ QQ")
-_META_LEN = _META.size  # 152
-#: The smallest file that can hold an environment: two meta pages of 512 bytes.
-MIN_ENV_FILE = 1024
-
-ENGINES = ("compact", "raw")
+#: An LMDB call failed (raised by the native layer; word it with convert_error).
+LmdbError = _lmdb.LmdbError
 
 
-@dataclass(frozen=True)
-class Meta:
-    """The newer of an environment's two meta pages."""
-
-    page_size: int
-    map_size: int
-    last_pgno: int
-    txnid: int
-    version: int
-    main_entries: int
-    main_depth: int
-    main_pages: int
-
-    @property
-    def used_size(self) -> int:
-        """Bytes of the data file that hold pages (the rest of the map is unused)."""
-        return (self.last_pgno + 1) * self.page_size
-
-
-def _parse_meta(page: bytes) -> tuple[int, Meta] | None:
-    if len(page) < _META_LEN:
-        return None
-    (_pgno, _pad, flags, _lower, magic, version, _addr, mapsize,
-     main_pad, main_flags, main_depth, branch, leaf, overflow, entries, _root,
-     last_pg, txnid) = _META.unpack_from(page)
-    if magic != MAGIC or not flags & P_META:
-        return None
-    psize = struct.unpack_from("<I", page, 40)[0]
-    return psize, Meta(
-        page_size=psize, map_size=mapsize, last_pgno=last_pg, txnid=txnid, version=version,
-        main_entries=entries, main_depth=main_depth, main_pages=branch + leaf + overflow,
-    )
-
-
-def read_meta(path: str | os.PathLike[str], *, strict: bool = False) -> Meta | None:
-    """Return the current meta page of an LMDB data file, or None if it is not one.
-
-    Reads two small blocks; never opens the environment, so it creates no lock
-    file and takes no reader slot.  A file that cannot be opened or read is
-    "not one" too, unless ``strict``: then the OSError is raised, so that an
-    unreadable environment is not mistaken for a damaged one.
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-    except OSError:
-        if strict:
-            raise
-        return None
-    try:
-        first = os.pread(fd, _META_LEN, 0)
-        parsed = _parse_meta(first)
-        if parsed is None:
-            return None
-        psize, meta0 = parsed
-        if psize < 512 or psize > 65536 or psize & (psize - 1):
-            return None
-        second = _parse_meta(os.pread(fd, _META_LEN, psize))
-        if second is not None and second[1].txnid > meta0.txnid:
-            return second[1]
-        return meta0
-    except OSError:
-        if strict:
-            raise
-        return None
-    finally:
-        os.close(fd)
-
-
-@dataclass(frozen=True)
-class EnvLocation:
-    """Where an environment's files are.
-
-    ``path`` is what LMDB opens: the directory for a directory environment, the
-    data file itself for a single-file (MDB_NOSUBDIR) one.
-    """
-
-    path: Path
-    subdir: bool
-
-    @property
-    def data_path(self) -> Path:
-        return self.path / "data.mdb" if self.subdir else self.path
-
-    @property
-    def lock_path(self) -> Path:
-        return self.path / "lock.mdb" if self.subdir else Path(f"{self.path}-lock")
-
-
-def locate(path: str | os.PathLike[str]) -> EnvLocation | None:
-    """Decide by content whether ``path`` is (part of) an LMDB environment.
-
-    A directory is an environment when its ``data.mdb`` carries an LMDB meta
-    page.  A file with a meta page is a single-file environment, except a
-    ``data.mdb`` that belongs to a directory environment (a ``lock.mdb`` beside
-    it, or no ``data.mdb-lock``): opening that one as a single file would use
-    the wrong lock file and hide us from the live writer.
-    """
-    p = Path(path)
-    try:
-        st = os.lstat(p)
-    except OSError:
-        return None
-    if stat.S_ISDIR(st.st_mode):
-        data = p / "data.mdb"
-        if data.is_file() and not data.is_symlink() and read_meta(data) is not None:
-            return EnvLocation(p, True)
-        return None
-    if not stat.S_ISREG(st.st_mode) or st.st_size < MIN_ENV_FILE or read_meta(p) is None:
-        return None
-    if p.name == "data.mdb" and not Path(f"{p}-lock").exists():
-        return EnvLocation(p.parent, True)
-    return EnvLocation(p, False)
-
-
-def check_environment_dir(path: str | os.PathLike[str]) -> EnvLocation | None:
-    """Classify a directory met while walking a tree, raising on a broken store.
-
-    Returns the location when the directory is an environment, None when it is
-    an ordinary directory.  A ``data.mdb`` without an LMDB meta page, or a
-    directory named ``*.lmdb`` that holds no environment, is an error: copying
-    either as plain files would hide a damaged store.
-    """
-    p = Path(path)
-    data = p / "data.mdb"
-    try:
-        st = os.lstat(data)
-    except (FileNotFoundError, NotADirectoryError):
-        st = None
-    except OSError as err:
-        # The directory itself cannot be searched: name it, not a file in it.
-        raise convert_error(err, p) from err
-    if st is not None and stat.S_ISREG(st.st_mode):
-        if Path(f"{data}-lock").exists() and not (p / "lock.mdb").exists():
-            return None  # data.mdb is a single-file environment of its own
-        try:
-            meta = read_meta(data, strict=True)
-        except OSError as err:
-            raise convert_error(err, data) from err
-        if meta is None:
-            raise CorruptEnvironment(
-                data, "is not an LMDB data file (no LMDB meta page at its start)",
-                "restore it from a backup, or check it with mdb_stat",
-            )
-        return EnvLocation(p, True)
-    if p.name.endswith(".lmdb"):
-        raise NotAnEnvironment(
-            p, "is named like an LMDB environment but holds none (no data.mdb)",
-            "restore its data.mdb, or rename the directory if it is not meant to be one",
-        )
-    return None
+def version() -> tuple[int, int, int, str]:
+    """The linked liblmdb's version: (major, minor, patch, banner)."""
+    return _lmdb.version()
 
 
 @dataclass(frozen=True)
@@ -212,14 +61,12 @@ class EnvInfo:
 
 def environment_info(path: str | os.PathLike[str]) -> EnvInfo:
     """Open the environment read-only (with its lock file) and report on it."""
-    from synfast.lmdb import _lmdb
-
     loc = locate(path)
     if loc is None:
         raise NotAnEnvironment(path, "is not an LMDB environment (no LMDB meta page)")
     try:
         raw = _lmdb.env_info(os.fspath(loc.path), loc.subdir)
-    except (_lmdb.LmdbError, OSError) as err:
+    except (LmdbError, OSError) as err:
         raise convert_error(err, loc.data_path) from err
     holder = 0
     if loc.lock_path.exists():
@@ -232,7 +79,6 @@ def environment_info(path: str | os.PathLike[str]) -> EnvInfo:
         last_pgno=raw["last_pgno"], last_txnid=raw["last_txnid"], max_readers=raw["max_readers"],
         readers=raw["readers"], entries=raw["entries"], open_by_pid=holder,
     )
-
 
 DEST_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
 
@@ -265,6 +111,8 @@ class EnvCopyResult:
     (``txnid_exact``): a raw copy records it in the copy's meta page; a compact
     copy does not, so it is known only to lie in ``[txnid_min, txnid_max]``, the
     last transactions seen just before and just after the copy.
+    ``snapshot_time`` is when the snapshot was taken (wall clock, seconds): a
+    copy through LMDB takes it as the copy starts.
     """
 
     source: Path
@@ -280,6 +128,7 @@ class EnvCopyResult:
     bytes_written: int
     source_allocated: int
     source_apparent: int
+    snapshot_time: float = 0.0
 
 
 @contextmanager
@@ -292,6 +141,7 @@ def _writeback_while(fd: int, enabled: bool, every: float = 0.05) -> Iterator[No
     import threading
 
     from synfast.files.durable import start_writeback
+    from synfast.workers import start_thread
 
     stop = threading.Event()
 
@@ -302,8 +152,7 @@ def _writeback_while(fd: int, enabled: bool, every: float = 0.05) -> Iterator[No
             except OSError:
                 return      # only a head start; the caller's fsync reports errors
 
-    t = threading.Thread(target=kick, name="synfast-writeback", daemon=True)
-    t.start()
+    t = start_thread(kick, "synfast-writeback")
     try:
         yield
     finally:
@@ -327,31 +176,30 @@ def copy_environment(
     after each commit, so that the fsync finds little left to do.
     """
 
-    from synfast.lmdb import _lmdb
-
-    if engine not in ENGINES:
+    if engine not in ("compact", "raw"):
         raise ValueError(f"unknown LMDB engine {engine!r}")
     dst = Path(dst_file)
     data_st = os.stat(src.data_path)
+    started = time.time()
     fd = os.open(dst, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode & 0o7777)
     try:
         try:
             with _writeback_while(fd, writeback):
                 raw = _lmdb.env_copy(os.fspath(src.path), fd, src.subdir, engine == "compact")
-        except (_lmdb.LmdbError, OSError) as err:
+        except (LmdbError, OSError) as err:
             code = destination_errno(
                 getattr(err, "code", None) or getattr(err, "errno", None), dst)
             if code is not None:
                 raise convert_error(OSError(code, os.strerror(code)),
                                    display_dst or dst) from err
             raise convert_error(err, src.data_path) from err
-        head = os.pread(fd, raw["page_size"] + _META_LEN, 0)
+        head = os.pread(fd, raw["page_size"] + META_LEN, 0)
     except BaseException:
         os.close(fd)
         os.unlink(dst)
         raise
     os.close(fd)
-    metas = [m for m in (_parse_meta(head), _parse_meta(head[raw["page_size"]:])) if m]
+    metas = [m for m in (parse_meta(head), parse_meta(head[raw["page_size"]:])) if m]
     out_meta = max((m[1] for m in metas), key=lambda m: m.txnid)
     if engine == "raw":
         txnid, exact = out_meta.txnid, True
@@ -363,18 +211,56 @@ def copy_environment(
         map_size=raw["map_size"], last_pgno=out_meta.last_pgno, txnid=txnid, txnid_exact=exact,
         txnid_min=raw["txnid_before"], txnid_max=raw["txnid_after"],
         bytes_written=raw["bytes_written"], source_allocated=data_st.st_blocks * 512,
-        source_apparent=data_st.st_size,
+        source_apparent=data_st.st_size, snapshot_time=started,
     )
 
 
 def databases(path: str | os.PathLike[str]) -> dict:
     """Entry counts and flags of the main database and every named database."""
-    from synfast.lmdb import _lmdb
-
     loc = locate(path)
     if loc is None:
         raise NotAnEnvironment(path, "is not an LMDB environment (no LMDB meta page)")
     try:
         return _lmdb.env_databases(os.fspath(loc.path), loc.subdir)
-    except (_lmdb.LmdbError, OSError) as err:
+    except (LmdbError, OSError) as err:
         raise convert_error(err, loc.data_path) from err
+
+
+def walk(path: str | os.PathLike[str], subdir: bool, *, nolock: bool = True,
+         full: bool = True) -> dict:
+    """Open the environment at ``path`` read-only and count every database's
+    entries, walking every page when ``full`` (what proves a copy readable).
+    ``nolock`` is for private copies only (a backup being verified, or a copy
+    just written): it creates no lock file there.  Raises :class:`LmdbError`
+    or OSError for the caller to word."""
+    return _lmdb.env_walk(os.fspath(path), subdir, nolock, full)
+
+
+def lock_state(lock_path: str | os.PathLike[str]) -> tuple[bool, int]:
+    """Whether a live process holds LMDB's shared lock on ``lock_path``, and its
+    pid (0 when it is in another PID namespace)."""
+    return _lmdb.lock_state(os.fspath(lock_path))
+
+
+def environments_in_use(root: Path) -> list[tuple[Path, int]]:
+    """LMDB environments under ``root`` that another live process has open, with
+    that process's pid.  Found by their lock files: every process that has an
+    environment open holds LMDB's shared lock on it, and a dead process holds
+    none, so stale reader slots never count."""
+    found: list[tuple[Path, int]] = []
+    for dirpath, _dirnames, filenames in os.walk(root):
+        for name in filenames:
+            if name == "lock.mdb" or name.endswith("-lock"):
+                lock_path = Path(dirpath) / name
+                if name.endswith("-lock") and not (Path(dirpath) / name[:-5]).is_file():
+                    continue
+                try:
+                    held, pid = lock_state(lock_path)
+                except OSError:
+                    continue
+                # A lock is released when its process dies, so a held lock means
+                # a live process; pid 0 is one in another PID namespace.
+                if held and pid != os.getpid():
+                    env = lock_path.parent if name == "lock.mdb" else lock_path.with_name(name[:-5])
+                    found.append((env, pid))
+    return found

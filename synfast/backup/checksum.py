@@ -1,0 +1,101 @@
+"""The canonical checksum of a file's content, whatever its holes.
+
+Checksums (``blake2b-256-sparse-v2``) are BLAKE2b (32-byte digest) over a
+canonical form of a file's content that does not depend on where its holes
+are, so a sparse source, a dense copy and a copy with zero blocks punched out
+all agree, and a 16 GiB sparse file is hashed by reading only its data:
+
+- the file is cut into aligned segments of :data:`SEGMENT` bytes (64 MiB; the
+  last may be shorter), and each segment into aligned blocks of :data:`BLOCK`
+  bytes (64 KiB; the last may be shorter);
+- a block that lies wholly in a hole, or whose bytes are all zero, is a *zero
+  block*; it is never fed to the hash by content;
+- a segment's digest is BLAKE2b-256 of: for every maximal run of zero blocks
+  ``b"Z" + <run length in bytes, u64 LE>``, for every other block
+  ``b"D" + <its bytes>``, in order, then ``b"E" + <segment length, u64 LE>``;
+- the file's checksum is BLAKE2b-256 of ``b"S" + <segment digest>`` for every
+  segment in order, then ``b"E" + <file size, u64 LE>``.
+
+Only blocks that touch a data extent (SEEK_DATA/SEEK_HOLE) are read.  Segments
+are hashed natively, four at a time per thread and on every core (see
+:func:`checksum_fd`).
+
+The definition is in docs/reference/manifest.md.  This module is the only
+importer of the extension :mod:`synfast.backup._hash`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+
+from synfast import workers
+from synfast.files.sparse import extents
+
+CHECKSUM_ALGORITHM = "blake2b-256-sparse-v2"
+BLOCK = 1 << 16
+SEGMENT = 1 << 26
+
+_U64 = struct.Struct("<Q")
+
+
+def segments_of(fd: int, size: int) -> list[tuple[int, int, list[tuple[int, int]]]]:
+    """The file's segments as ``(start, end, ranges)``: ``ranges`` are the
+    block-aligned ranges inside the segment that touch a data extent (merged,
+    in order); only they are read."""
+    merged: list[tuple[int, int]] = []
+    for off, length in extents(fd):
+        first = off // BLOCK * BLOCK
+        end = min(size, -(-(off + length) // BLOCK) * BLOCK)
+        if merged and first <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((first, end))
+    per_seg: dict[int, list[tuple[int, int]]] = {}
+    for first, end in merged:
+        while first < end:
+            seg = first // SEGMENT
+            cut = min(end, (seg + 1) * SEGMENT)
+            per_seg.setdefault(seg, []).append((first, cut))
+            first = cut
+    return [(seg * SEGMENT, min(size, (seg + 1) * SEGMENT), per_seg.get(seg, []))
+            for seg in range(max(1, -(-size // SEGMENT)))]
+
+
+def checksum_fd(fd: int) -> str:
+    """Canonical BLAKE2b of the open regular file ``fd`` (see the module docstring).
+
+    Segment digests come from :mod:`synfast.backup._hash`, which hashes four segments
+    at once per thread (AVX2 where the CPU has it); the segments are dealt out
+    round-robin to the pool's threads when there are more than four with data.
+    """
+    from synfast.backup import _hash
+
+    size = os.fstat(fd).st_size
+    segments = segments_of(fd, size)
+    with_data = sum(1 for s in segments if s[2])
+    threads = min(os.cpu_count() or 1, -(-with_data // 4))
+    if threads <= 1:
+        digests = _hash.segment_digests(fd, segments)
+    else:
+        parts = [segments[i::threads] for i in range(threads)]
+        pool = workers.shared_executor()
+        futures = [pool.submit(_hash.segment_digests, fd, part) for part in parts]
+        digests = [b""] * len(segments)
+        for i, f in enumerate(futures):
+            digests[i::threads] = f.result()
+    h = hashlib.blake2b(digest_size=32)
+    for d in digests:
+        h.update(b"S" + d)
+    h.update(b"E" + _U64.pack(size))
+    return h.hexdigest()
+
+
+def checksum_file(path: str | os.PathLike[str]) -> str:
+    """Canonical BLAKE2b of the regular file at ``path`` (not followed if a symlink)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    try:
+        return checksum_fd(fd)
+    finally:
+        os.close(fd)

@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from synfast.backup import checksum as cks
 from synfast.backup import hooks, manifest, partials, retention
 from synfast.lmdb import meta as lmdbmeta
 from synfast.lmdb.engines import ENGINES
+from tests.backup.service import ENVS, backup_ok, service
 from tests.conftest import (
     IS_ROOT,
     allocated,
@@ -28,50 +28,7 @@ from tests.conftest import (
     run_cli,
     write_layout,
 )
-from tests.test_live import WINDOW, WRITER, check_snapshot
-
-
-def service(root: Path, name: str = "cortex00") -> Path:
-    """A Cortex-like service directory: writemap environments with big maps and
-    named databases (one with duplicates), a single-file environment, a sparse
-    file, small files with odd modes, a symlink, a socket, a FIFO, and the
-    scratch directories a backup leaves out (tmp/, backups/ at any depth)."""
-    svc = root / name
-    (svc / "slabs").mkdir(parents=True)
-    (svc / "layers" / "abc123").mkdir(parents=True)
-    make_env(svc / "slabs" / "cell.lmdb", {
-        b"meta": {b"k": b"v"},
-        b"nodes": {f"n{i:04}".encode(): os.urandom(200) for i in range(400)},
-        b"tags": {b"t1": [b"a", b"b", b"c"], b"t2": [b"d"]},
-    }, map_size=2 << 30, dupsort=(b"tags",))
-    make_env(svc / "layers" / "abc123" / "layer_v2.lmdb", {b"big": {
-        f"b{i}".encode(): os.urandom(9000) for i in range(40)}}, map_size=1 << 30)
-    make_env(svc / "store.mdb", {None: {b"x": b"y", b"z": b"w" * 5000}}, subdir=False)
-    write_layout(svc / "sparse.bin", 3 << 30, [(1 << 20, os.urandom(70000)),
-                                               (2 << 30, os.urandom(5000))])
-    (svc / "cell.yaml").write_text("dmon:listen: tcp://0.0.0.0:27492\n")
-    os.chmod(svc / "cell.yaml", 0o640)
-    os.utime(svc / "cell.yaml", ns=(1_600_000_000_000_000_000, 1_600_000_000_123_456_789))
-    (svc / "slabs" / "empty").write_bytes(b"")
-    (svc / "cell.guid").symlink_to("cell.yaml")
-    os.chmod(svc / "layers", 0o750)
-    for scratch in ("tmp", "layers/abc123/tmp", "backups"):
-        (svc / scratch).mkdir()
-        (svc / scratch / "junk").write_bytes(os.urandom(1000))
-    sock = socket.socket(socket.AF_UNIX)
-    sock.bind(str(svc / "sock"))
-    sock.close()
-    os.mkfifo(svc / "fifo")
-    return svc
-
-
-ENVS = ("slabs/cell.lmdb", "layers/abc123/layer_v2.lmdb")
-
-
-def backup_ok(*args) -> subprocess.CompletedProcess[str]:
-    proc = run_cli("backup", *args)
-    assert proc.returncode == 0, proc.stderr
-    return proc
+from tests.live_writer import WINDOW, WRITER, check_snapshot
 
 
 @pytest.mark.parametrize("engine", list(ENGINES))
@@ -219,7 +176,7 @@ def test_post_cmd_runs_when_the_backup_fails(tmp_path: Path) -> None:
 @pytest.fixture
 def live_service(tmp_path: Path):
     """A service directory with two environments, each written continuously by its
-    own process keeping the invariant of tests/test_live.py."""
+    own process keeping the invariant of tests/live_writer.py."""
     svc = tmp_path / "live"
     svc.mkdir()
     (svc / "cell.yaml").write_text("x: 1\n")
@@ -300,19 +257,22 @@ def test_killed_backup_leaves_no_destination(tmp_path: Path, point: str) -> None
     assert run_cli("verify", dst).returncode == 0
 
 
+@pytest.mark.parametrize("signum,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)],
+                         ids=["SIGINT", "SIGTERM"])
 @pytest.mark.parametrize("point", hooks.PAUSE_POINTS)
-def test_interrupted_backup_stops_promptly_and_removes_its_partial(tmp_path: Path,
-                                                                  point: str) -> None:
+def test_interrupted_backup_stops_promptly_and_removes_its_partial(
+        tmp_path: Path, point: str, signum: int, code: int) -> None:
     # Ctrl-C reaches only the main thread; a copy thread in the middle of a
     # file (here held there by the test hook, which never resumes) must stop
     # too, or the interrupted backup waits for the file, forever here.
+    # SIGTERM (systemd, Kubernetes) is handled as Ctrl-C, with its own code.
     svc = service(tmp_path)
     write_layout(svc / "blob", 8 << 20, [(0, os.urandom(4 << 20))])
     dst = tmp_path / "bk"
     proc = _run_until_paused(point, svc, dst)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     try:
-        assert proc.wait(timeout=30) == 130
+        assert proc.wait(timeout=30) == code
     finally:
         if proc.poll() is None:
             proc.kill()

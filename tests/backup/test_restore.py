@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from synfast.backup import manifest
+from tests.backup.service import backup_ok, service
 from tests.conftest import IS_ROOT, assert_one_line_error, mdb_dump, run_cli
-from tests.test_backup import backup_ok, service
 
 HOLDER = textwrap.dedent("""
     import lmdb, os, sys, time

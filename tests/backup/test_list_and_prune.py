@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from synfast.backup import manifest, retention
+from tests.backup.service import backup_ok, service
 from tests.conftest import assert_one_line_error, run_cli
-from tests.test_backup import backup_ok, service
 
 
 def fake_backup(root: Path, name: str, when: str) -> Path:

@@ -11,8 +11,8 @@ import pytest
 from synfast.backup import checksum as cks
 from synfast.backup import manifest
 from synfast.lmdb import meta as lmdbmeta
+from tests.backup.service import backup_ok, service
 from tests.conftest import run_cli
-from tests.test_backup import backup_ok, service
 
 
 @pytest.fixture

@@ -1,0 +1,47 @@
+"""The command line's own promises: version, the command list, start-up that
+loads only the command run, one-line errors unless ``--debug``, and the exit
+codes of Ctrl-C (130) and SIGTERM (143)."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+from synfast import __version__
+from tests.conftest import run_cli
+
+
+def test_version_and_entry_points() -> None:
+    proc = run_cli("--version")
+    assert proc.returncode == 0 and proc.stdout.strip() == f"synfast {__version__}"
+    script = Path(sys.executable).parent / "synfast"
+    if script.exists():
+        out = subprocess.run([str(script), "--version"], capture_output=True, text=True)
+        assert out.stdout.strip() == f"synfast {__version__}"
+    help_text = run_cli("--help").stdout
+    assert "copy" in help_text and "scan" in help_text
+
+
+def test_every_command_is_listed_and_only_the_one_run_is_loaded() -> None:
+    from synfast.cli import COMMANDS
+
+    help_lines = run_cli("--help").stdout.splitlines()
+    listed = [line.split()[0] for line in help_lines[help_lines.index("Commands:") + 1:]
+              if line.strip()]
+    assert listed == list(COMMANDS)
+    # a command's run imports its own module and not the others' (start-up time)
+    probe = ("import sys, synfast.cli as c; c.load_commands(sys.argv[1:]); "
+             "print(sorted(m for m in sys.modules if m.endswith('_cmd')))")
+    out = subprocess.run([sys.executable, "-c", probe, "--debug", "copy", "a", "b"],
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['synfast.cli.copy_cmd']"
+    out = subprocess.run([sys.executable, "-c", probe, "--help"],
+                         capture_output=True, text=True, check=True).stdout
+    assert len(ast.literal_eval(out)) == len(set(COMMANDS.values()))
+
+
+def test_debug_shows_the_traceback(tmp_path: Path) -> None:
+    proc = run_cli("--debug", "copy", tmp_path / "nope", tmp_path / "dst")
+    assert proc.returncode != 0 and "Traceback" in proc.stderr

@@ -1,0 +1,113 @@
+"""synfast.workers: the pool that copy, backup, restore and verify share, its
+cancellation, and threads that leave SIGINT and SIGTERM to the main thread."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from synfast import workers
+from synfast.workers import run_all
+
+
+def test_serial_items_run_one_after_another_in_one_thread_beside_the_rest() -> None:
+    lock = threading.Lock()
+    running: set[int] = set()
+    overlap, threads, done = [], {}, []
+
+    def fn(i: int) -> None:
+        with lock:
+            if i < 100 and any(j < 100 for j in running):
+                overlap.append(i)
+            running.add(i)
+            threads.setdefault(i < 100, set()).add(threading.get_ident())
+        time.sleep(0.002)
+        with lock:
+            running.discard(i)
+            done.append(i)
+
+    items = list(range(20)) + [100, 101, 102]
+    run_all(fn, items, 3, "t", serial=lambda i: i < 100)
+    assert sorted(done) == items
+    assert overlap == []                       # no two small items at once
+    assert len(threads[True]) == 1             # and all in one thread
+    assert [i for i in done if i < 100] == list(range(20))   # in their order
+
+
+def test_a_failure_in_the_serial_batch_stops_it_and_is_raised() -> None:
+    seen = []
+
+    def fn(i: int) -> None:
+        seen.append(i)
+        if i == 3:
+            raise ValueError("boom")
+
+    with pytest.raises(ValueError, match="boom"):
+        run_all(fn, list(range(8)) + [50], 2, "t", serial=lambda i: i < 10)
+    assert 4 not in seen
+
+
+def _blocked_here() -> set[int]:
+    return set(signal.pthread_sigmask(signal.SIG_BLOCK, []))
+
+
+def test_threads_started_by_synfast_never_take_sigint_or_sigterm() -> None:
+    # The kernel delivers a process signal to any thread that does not block
+    # it; only the main thread may be such a thread.
+    seen: list[set[int]] = []
+    workers.start_thread(lambda: seen.append(_blocked_here()), "t").join()
+    pool = workers.executor(2, "t")
+    try:
+        seen += [f.result() for f in [pool.submit(_blocked_here) for _ in range(4)]]
+    finally:
+        pool.shutdown()
+    seen.append(workers.shared_executor().submit(_blocked_here).result())
+    got: list[set[int]] = []
+    workers.run_all(lambda _: got.append(_blocked_here()), list(range(6)), 3, "t")
+    seen += got
+    assert len(seen) == 12
+    for mask in seen:
+        assert {signal.SIGINT, signal.SIGTERM} <= mask
+    # ... and the thread that started them is left as it was.
+    assert signal.SIGINT not in _blocked_here()
+
+
+def test_a_failure_cancels_the_items_still_running() -> None:
+    cancel = workers.Cancel()
+    stopped = []
+
+    def fn(i: int) -> None:
+        if i == 0:
+            time.sleep(0.05)
+            raise ValueError("first")
+        try:
+            cancel.sleep(30)
+        except workers.Cancelled:
+            stopped.append(i)
+            raise
+
+    started = time.monotonic()
+    with pytest.raises(ValueError, match="first"):
+        workers.run_all(fn, [0, 1], 2, "t", cancel=cancel)
+    assert stopped == [1] and cancel.is_set()
+    assert time.monotonic() - started < 20
+
+
+def test_sigterm_becomes_terminated_in_the_main_thread() -> None:
+    code = ("import os, signal, time\n"
+            "from synfast import workers\n"
+            "workers.terminate_as_interrupt()\n"
+            "t = workers.start_thread(time.sleep, 'sleeper', 30)\n"
+            "try:\n"
+            "    os.kill(os.getpid(), signal.SIGTERM)\n"
+            "    t.join()\n"
+            "except workers.Terminated:\n"
+            "    print('terminated')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60)
+    assert out.stdout.strip() == "terminated", out.stderr

@@ -41,6 +41,7 @@ from synfast.backup.stage import ProgressFn, Stage
 from synfast.copy.walk import Entry, Plan, inside, matches, walk_tree
 from synfast.errors import DestinationExists, SourceMissing, SynfastError, UsageError, convert_error
 from synfast.files import durable
+from synfast.files.sparse import source_stat
 
 
 def _skipped_record(path: str, kind: str) -> dict:
@@ -192,12 +193,7 @@ def _check_paths(source: str | os.PathLike[str], destination: str | os.PathLike[
         # directory's mode and times, not the link's.
         src = Path(os.path.realpath(src))
     dst = resolve_destination(destination, started)
-    try:
-        sst = os.stat(src)
-    except FileNotFoundError as err:
-        raise SourceMissing(src, "does not exist", "check the path") from err
-    except OSError as err:
-        raise convert_error(err, src) from err
+    sst = source_stat(src, follow=True)
     if not stat.S_ISDIR(sst.st_mode):
         raise UsageError(src, "is not a directory", "give the service's directory")
     _check_excludes(src, opts.exclude)

@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from synfast.errors import SourceMissing, UnsupportedFileType, convert_error
+from synfast.errors import UnsupportedFileType, convert_error
+from synfast.files.sparse import source_stat
 from synfast.lmdb import meta as lmdbmeta
 
 Kind = Literal["dir", "file", "env", "symlink", "special"]
@@ -110,12 +111,7 @@ def plan(source: str | os.PathLike[str], *, exclude: tuple[str, ...] = ()) -> Pl
     unsupported type, or that holds a damaged environment.
     """
     src = Path(source)
-    try:
-        st = os.lstat(src)
-    except FileNotFoundError as err:
-        raise SourceMissing(src, "does not exist", "check the path") from err
-    except OSError as err:
-        raise convert_error(err, src) from err
+    st = source_stat(src)
     if stat.S_ISDIR(st.st_mode):
         return walk_tree(src, excluded=(lambda rel: matches(rel, exclude)) if exclude else None)
     result = Plan(src)

@@ -136,6 +136,17 @@ def usage(path: str | os.PathLike[str]) -> FileUsage:
     return FileUsage(st.st_size, st.st_blocks * 512, sum(n for _, n in ext), len(ext))
 
 
+def source_stat(path: Path, *, follow: bool = False) -> os.stat_result:
+    """The stat of a source the user named: a missing one is
+    :class:`SourceMissing`, any other failure one line naming it."""
+    try:
+        return os.stat(path) if follow else os.lstat(path)
+    except FileNotFoundError as err:
+        raise SourceMissing(path, "does not exist", "check the path") from err
+    except OSError as err:
+        raise convert_error(err, path) from err
+
+
 def apply_metadata(target: int | str | os.PathLike[str], st: os.stat_result) -> None:
     """Give ``target`` (an fd or a path, not followed) the owner, mode and times of ``st``.
 
@@ -291,12 +302,7 @@ def copy_file(
     """
     check_modes(reflink, sparse, copy_file_range)
     src_p, dst_p = Path(src), Path(dst)
-    try:
-        st = os.lstat(src_p)
-    except FileNotFoundError as err:
-        raise SourceMissing(src_p, "does not exist", "check the path") from err
-    except OSError as err:
-        raise convert_error(err, src_p) from err
+    st = source_stat(src_p)
     if not stat.S_ISREG(st.st_mode):
         raise UnsupportedFileType(src_p, "is not a regular file")
     if os.path.lexists(dst_p) and not force:

@@ -14,7 +14,7 @@ from typing import Any
 
 from synfast.lmdb.snapshot import Snapshot, open_snapshot
 
-# The ``auto`` rule's thresholds; see choose_engine() and the README's "How auto chooses"
+# The ``auto`` rule's thresholds; see choose_engine() and docs/internals.md ("How auto chooses")
 # for the measurements behind them.
 AUTO_MIN_REBUILD_SAVING = 0.10
 

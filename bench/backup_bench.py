@@ -1,6 +1,6 @@
 """Benchmark of ``synfast backup`` on a whole service directory (issue 4).
 
-The service directory holds dataset A and dataset B of lmdb-copy-facts.md
+The service directory holds dataset A and dataset B of docs/reference/lmdb-facts.md
 (built and cached by ``bench/lmdb_engines.py``; here hard-linked, never
 modified), eight small sparse environments (map 1 GiB each), the 16 GiB sparse
 file of ``bench/sparse_copy.py`` (512 MiB of data), small files, a ``tmp/``

@@ -7,7 +7,7 @@ dataset, the scale and a hash of its generator's source code and parameters:
 editing a generator changes the hash, and the stale copy is rebuilt (and the
 old one removed) instead of being silently reused.
 
-Datasets A and B of ``lmdb-copy-facts.md`` are not generated here: the
+Datasets A and B of ``docs/reference/lmdb-facts.md`` are not generated here: the
 issue-5 engine benchmark (``bench/lmdb_engines.py``) already builds them, and
 two builders of "the same" dataset would drift apart.  Its builder is called
 with its cache directory pointed into ours, and its source is part of our key.

@@ -1,4 +1,4 @@
-"""Benchmark of the LMDB copy engines on the datasets of lmdb-copy-facts.md.
+"""Benchmark of the LMDB copy engines on the datasets of docs/reference/lmdb-facts.md.
 
 Contenders, each run as its own process so that wall time is the whole
 process's (interpreter start and imports included) and memory is the process's:
@@ -63,7 +63,7 @@ DATASETS = {
     # name: (value sizes, total value bytes at scale 1, DBs with 40% of keys deleted)
     "A": ((100, 400, 1500, 5000), int(1.5 * GiB), 2),
     "B": ((60, 120, 400, 1200), int(0.8 * GiB), 0),
-    # B with A's deletion step.  lmdb-copy-facts.md says B had "no deletes", but
+    # B with A's deletion step.  docs/reference/lmdb-facts.md says B had "no deletes", but
     # its measured B held 1,548,509 entries and its rebuild was 0.83 GB: 80% of
     # what B's recipe gives here (1,931,788 entries, 1.04 GB), which is what
     # deleting 40% of the keys of two of four DBs leaves.  Same seed as B, so
@@ -97,7 +97,7 @@ def build_dataset(name: str, scale: float) -> Path:
         shutil.rmtree(path)
     if name in REBUILT_FROM:
         # A dataset after a rebuild: already compact, the case where ``auto``
-        # must not rebuild.  Not in lmdb-copy-facts.md; used for the auto rule.
+        # must not rebuild.  Not in docs/reference/lmdb-facts.md; used for the auto rule.
         from synfast.lmdb.snapshot import rebuild_environment
 
         rep = rebuild_environment(build_dataset(REBUILT_FROM[name], scale), path)
@@ -350,7 +350,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dataset", choices=["A", "B", "Bd", "C", "Ac", "both", "all"],
                     default="all",
-                    help="A and B as in lmdb-copy-facts.md; Bd is B with A's deletes (what "
+                    help="A and B as in docs/reference/lmdb-facts.md; Bd is B with A's "
+                    "deletes (what "
                     "the facts' measured B figures imply); C and Ac are B and A rebuilt "
                     "(compact); all = A, B, C, Ac")
     ap.add_argument("--scale", type=float, default=1.0)

@@ -44,6 +44,7 @@ def _main(
 ) -> None:
     """Fast, safe copies and backups of LMDB environments and sparse files.
 
-    Exit codes: 0 done, 1 failed, 2 bad usage.
+    Exit codes: 0 done, 1 failed, 2 bad usage, 130 interrupted (Ctrl-C), 143 terminated
+    (SIGTERM); an interrupted command leaves nothing half-made behind.
     """
     state.debug = debug

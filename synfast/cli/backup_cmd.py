@@ -15,8 +15,8 @@ def backup_command(
         "%Y%m%d are expanded."),
     lmdb_engine: str = typer.Option(
         "auto", "--lmdb-engine", metavar="ENGINE",
-        help="How environments are copied: auto (default when available), rebuild, "
-        "compact or raw."),
+        help="How environments are copied: auto (rebuild, every snapshot begun together), "
+        "rebuild, compact or raw."),
     jobs: int = typer.Option(0, "--jobs", "-j", min=0,
                              help="Parallel copies, largest first (0: one per core, at most 4)."),
     exclude: list[str] = typer.Option(
@@ -45,12 +45,14 @@ def backup_command(
         None, "--post-cmd", metavar="CMD",
         help="Shell command to run at the end, even when the backup fails (e.g. resume)."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON summary at the end."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
+    quiet: bool = typer.Option(False, "--quiet", "-q",
+                               help="Print nothing but warnings and errors."),
 ) -> None:
     """Back up a live service directory: every LMDB environment as a consistent
     snapshot, other files sparse-safe, atomically (DST.partial, then DST).
 
-    Exit codes: 0 done, 1 failed, 2 bad usage.
+    Exit codes: 0 done, 1 failed, 2 bad usage, 130 interrupted (Ctrl-C), 143 terminated
+    (SIGTERM); an interrupted command leaves nothing half-made behind.
     """
     from synfast.backup.options import BackupOptions
     from synfast.backup.run import backup

@@ -39,7 +39,8 @@ def copy_command(
         [], "--exclude", metavar="GLOB",
         help="Leave out paths matching GLOB (relative path or name). Repeatable."),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
+    quiet: bool = typer.Option(False, "--quiet", "-q",
+                               help="Print nothing but warnings and errors."),
 ) -> None:
     """Copy a file or a directory tree, sparse-safe and LMDB-safe.
 

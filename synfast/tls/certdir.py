@@ -31,10 +31,9 @@ imported inside the commands and API functions that need it, never by
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
+import errno
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +47,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from synfast.errors import SynfastError
+from synfast.files.durable import write_all_or_none, write_atomic
 
 __all__ = [
     "CertDir",
@@ -227,22 +227,7 @@ def _ext(cert: x509.Certificate | x509.CertificateSigningRequest, cls):
         return None
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _os_error(err: OSError, path: str | os.PathLike[str]) -> CertError:
-    import errno
-
     hints = {
         errno.EACCES: "check the certdir's permissions, or choose another with --certdir",
         errno.EPERM: "check the certdir's permissions, or choose another with --certdir",
@@ -253,6 +238,23 @@ def _os_error(err: OSError, path: str | os.PathLike[str]) -> CertError:
     }
     reason = (err.strerror or str(err)).lower()
     return CertError(path, reason, hints.get(err.errno or 0, ""))
+
+
+def _write_error(err: OSError, paths: list[Path]) -> CertError:
+    """Word a failed write naming what the user knows: the file being written, or
+    its directory when no temporary name could be made there."""
+    if isinstance(err, FileExistsError) and err.filename is not None \
+            and Path(os.fsdecode(err.filename)) in paths:
+        return CertFileExists(err.filename)
+    if err.filename2 is not None:       # a rename: the final name is the second
+        where = Path(os.fsdecode(err.filename2))
+    elif err.filename is not None:      # a temporary name stands for its directory
+        where = Path(os.fsdecode(err.filename))
+        if where not in paths and where.parent in {p.parent for p in paths}:
+            where = where.parent
+    else:                               # a write or fsync of the data
+        where = paths[0]
+    return _os_error(err, where)
 
 
 @dataclass
@@ -420,73 +422,27 @@ class CertDir:
     def _commit(self, files: Sequence[tuple[Path, bytes, int]]) -> None:
         """Write every file under its final name, or none of them.
 
-        Each file is written to a temporary name in the same directory, fsynced
-        and hard-linked to its final name; ``link`` fails on an existing name, so
-        a file that appeared meanwhile is never replaced.
+        :func:`~synfast.files.durable.write_all_or_none` writes each under a
+        temporary name with its mode from the start, fsyncs it and places it
+        without replacing anything, so a file that appeared meanwhile is never
+        replaced.
         """
         for path, _, _ in files:
-            if os.path.lexists(path):
-                raise CertFileExists(path)
-        for path, _, _ in files:
             self._ensure_dir(path.parent.name)
-        temps: list[tuple[str, Path]] = []
-        linked: list[Path] = []
         try:
-            for path, data, mode in files:
-                try:
-                    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
-                                               suffix=".tmp")
-                except OSError as err:
-                    raise _os_error(err, path.parent) from None
-                temps.append((tmp, path))
-                try:
-                    os.fchmod(fd, mode)
-                    with os.fdopen(fd, "wb") as fh:
-                        fh.write(data)
-                        fh.flush()
-                        os.fsync(fh.fileno())
-                except OSError as err:
-                    raise _os_error(err, path) from None
-            for tmp, path in temps:
-                try:
-                    os.link(tmp, path)
-                except FileExistsError:
-                    raise CertFileExists(path) from None
-                except OSError as err:
-                    raise _os_error(err, path) from None
-                linked.append(path)
-        except BaseException:
-            for path in linked:
-                with contextlib.suppress(OSError):
-                    os.unlink(path)
-            raise
-        finally:
-            for tmp, _ in temps:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-        for d in {p.parent for p, _, _ in files}:
-            _fsync_dir(d)
+            write_all_or_none(files, replace=False)
+        except OSError as err:
+            raise _write_error(err, [path for path, _, _ in files]) from None
 
     def _replace(self, path: Path, data: bytes, mode: int = 0o644) -> None:
         """Atomically replace ``path`` (only for CRLs, which exist to be updated)."""
         self._ensure_dir(path.parent.name)
         try:
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            if path.is_dir() and not path.is_symlink():  # a file replaces no directory
+                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+            write_atomic(path, data, mode=mode, replace=True)
         except OSError as err:
-            raise _os_error(err, path.parent) from None
-        try:
-            os.fchmod(fd, mode)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except OSError as err:
-            raise _os_error(err, path) from None
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        _fsync_dir(path.parent)
+            raise _write_error(err, [path]) from None
 
     # -- making certificates -----------------------------------------------
     def _build(self, kind: str, name: str, pub, *, signas: str | None, sans: Iterable,

@@ -46,7 +46,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from synfast.errors import SynfastError
+from synfast.errors import SynfastError, convert_error
 from synfast.files.durable import write_all_or_none, write_atomic
 
 __all__ = [
@@ -74,6 +74,15 @@ DEFAULT_DAYS = 3650
 #: Certificates expiring sooner than this are marked by ``certs list``.
 SOON_DAYS = 30
 _MAX_CHAIN = 8
+#: How to fix the OS errors a certdir meets (for :func:`synfast.errors.convert_error`).
+CERTDIR_HINTS: dict[int, str] = {
+    errno.EACCES: "check the certdir's permissions, or choose another with --certdir",
+    errno.EPERM: "check the certdir's permissions, or choose another with --certdir",
+    errno.EROFS: "the certdir is on a read-only filesystem; choose another with --certdir",
+    errno.ENOTDIR: "a component of the certdir path is not a directory",
+    errno.ENOSPC: "the filesystem is full",
+    errno.ENOENT: "check the path",
+}
 
 
 class CertError(SynfastError):
@@ -227,19 +236,6 @@ def _ext(cert: x509.Certificate | x509.CertificateSigningRequest, cls):
         return None
 
 
-def _os_error(err: OSError, path: str | os.PathLike[str]) -> CertError:
-    hints = {
-        errno.EACCES: "check the certdir's permissions, or choose another with --certdir",
-        errno.EPERM: "check the certdir's permissions, or choose another with --certdir",
-        errno.EROFS: "the certdir is on a read-only filesystem; choose another with --certdir",
-        errno.ENOTDIR: "a component of the certdir path is not a directory",
-        errno.ENOSPC: "the filesystem is full",
-        errno.ENOENT: "check the path",
-    }
-    reason = (err.strerror or str(err)).lower()
-    return CertError(path, reason, hints.get(err.errno or 0, ""))
-
-
 def _write_error(err: OSError, paths: list[Path]) -> CertError:
     """Word a failed write naming what the user knows: the file being written, or
     its directory when no temporary name could be made there."""
@@ -254,7 +250,7 @@ def _write_error(err: OSError, paths: list[Path]) -> CertError:
             where = where.parent
     else:                               # a write or fsync of the data
         where = paths[0]
-    return _os_error(err, where)
+    return convert_error(err, where, cls=CertError, hints=CERTDIR_HINTS)
 
 
 @dataclass
@@ -359,7 +355,7 @@ class CertDir:
         except FileNotFoundError:
             return []
         except OSError as err:
-            raise _os_error(err, d) from None
+            raise convert_error(err, d, cls=CertError, hints=CERTDIR_HINTS) from None
 
     # -- loading -----------------------------------------------------------
     def load_cert(self, kind: str, name: str) -> x509.Certificate:
@@ -416,7 +412,8 @@ class CertDir:
             raise CertError(sub, "exists and is not a directory",
                             "choose another --certdir") from None
         except OSError as err:
-            raise _os_error(err, err.filename or sub) from None
+            raise convert_error(err, err.filename or sub, cls=CertError,
+                                hints=CERTDIR_HINTS) from None
         return sub
 
     def _commit(self, files: Sequence[tuple[Path, bytes, int]]) -> None:
@@ -574,7 +571,7 @@ class CertDir:
         except FileNotFoundError:
             raise CertError(path, "csr not found", "give the path of a .csr file") from None
         except OSError as err:
-            raise _os_error(err, path) from None
+            raise convert_error(err, path, cls=CertError, hints=CERTDIR_HINTS) from None
         try:
             req = (x509.load_pem_x509_csr(data) if b"-----BEGIN" in data
                    else x509.load_der_x509_csr(data))
@@ -641,7 +638,7 @@ class CertDir:
         try:
             data = src.read_bytes()
         except OSError as err:
-            raise _os_error(err, src) from None
+            raise convert_error(err, src, cls=CertError, hints=CERTDIR_HINTS) from None
         if ext == "crt":
             load_cert_bytes(data, src)
         elif ext == "key":
@@ -936,7 +933,7 @@ def _read(path: Path, what: str, kind: str | None, name: str | None) -> bytes:
             hint = f"make it with `synfast easycert {flag}{name}`"
         raise CertError(path, f"{what} not found", hint) from None
     except OSError as err:
-        raise _os_error(err, path) from None
+        raise convert_error(err, path, cls=CertError, hints=CERTDIR_HINTS) from None
 
 
 def load_cert_file(path: str | os.PathLike[str], *, kind: str | None = None,

@@ -75,7 +75,8 @@ def easycert_command(
     `synfast easycert --sign-csr --server --signas vertex path/to/host.csr`.
     """
     from synfast.errors import UsageError
-    from synfast.tls.certdir import CertDir, CertFileExists
+    from synfast.tls.certdir import CertDir
+    from synfast.tls.layout import CertFileExists
 
     if key_type not in _KEY_TYPES:
         raise UsageError(None, f"--key-type {key_type!r} is not one of {', '.join(_KEY_TYPES)}")

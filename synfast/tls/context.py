@@ -23,10 +23,11 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from synfast.tls.certdir import CertDir, CertError
+from synfast.tls.certdir import CertDir
+from synfast.tls.crl import revoked_serials, usable_crl
+from synfast.tls.layout import CertError
 from synfast.tls.url import TlsUrl, UrlError, client_cert_candidates, server_hostname
 
 #: TLS 1.2 suites with forward secrecy and AEAD only; TLS 1.3 suites all qualify.
@@ -45,7 +46,7 @@ def _harden(ctx: ssl.SSLContext) -> None:
 
 def _load_pair(ctx: ssl.SSLContext, cd: CertDir, kind: str, name: str) -> None:
     """Load ``kind/name`` .crt and .key into ``ctx`` after checking they belong together."""
-    from synfast.tls.certdir import key_matches
+    from synfast.tls.x509 import key_matches
 
     cert = cd.load_cert(kind, name)
     key = cd.load_key(kind, name)
@@ -57,26 +58,6 @@ def _load_pair(ctx: ssl.SSLContext, cd: CertDir, kind: str, name: str) -> None:
     except ssl.SSLError as err:
         raise CertError(cd.cert_path(kind, name), f"TLS cannot load it: {err.reason or err}",
                         "check the certificate and key files") from None
-
-
-def _check_crl_usable(cd: CertDir, ca: str) -> Path | None:
-    """The CA's CRL if it has one; refuse one that is forged or out of date.
-
-    OpenSSL would reject every client once a CRL expires, with a message that
-    names neither the CRL nor the fix; saying so when the listener starts is kinder.
-    """
-    import datetime as dt
-
-    path = cd.crl_path(ca)
-    if path is None:
-        return None
-    ca_cert = cd.load_cert("ca", ca)
-    crl = cd._load_crl(ca, ca_cert)
-    if crl is not None and crl.next_update_utc is not None \
-            and crl.next_update_utc < dt.datetime.now(dt.UTC):
-        raise CertError(path, f"the CRL of CA {ca} is out of date",
-                        f"reissue it with `synfast easycert --crl {ca}`")
-    return path
 
 
 def server_context(u: TlsUrl, certdir: str | os.PathLike[str] | CertDir | None = None
@@ -95,7 +76,7 @@ def server_context(u: TlsUrl, certdir: str | os.PathLike[str] | CertDir | None =
         if not cafile.is_file():
             raise CertError(cafile, f"CA {ca!r} given by ca= is not in the certdir",
                             f"make it with `synfast easycert --ca {ca}` or import it")
-        crlfile = _check_crl_usable(cd, ca)
+        crlfile = usable_crl(cd, ca)
 
     def make(name: str) -> ssl.SSLContext:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -217,7 +198,7 @@ def client_context(u: TlsUrl, certdir: str | os.PathLike[str] | CertDir | None =
                 raise CertError(cd.cert_path("ca", name), f"not a usable CA certificate: {err}",
                                 "remove or replace it") from None
         ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
-        ctx.revoked = _revoked_serials(cd, cas)
+        ctx.revoked = revoked_serials(cd, cas)
     names = client_cert_candidates(u)
     explicit = "certname" in u.query
     for name in names:
@@ -236,22 +217,6 @@ def client_context(u: TlsUrl, certdir: str | os.PathLike[str] | CertDir | None =
             raise CertError(missing, f"certname={name}: {missing.name} not found",
                             f"make it with `synfast easycert --signas CA {name}`")
     return ctx
-
-
-def _revoked_serials(cd: CertDir, cas: list[str]) -> frozenset[tuple[str | None, int]]:
-    from synfast.tls.certdir import common_name
-
-    out: set[tuple[str | None, int]] = set()
-    for ca in cas:
-        if cd.crl_path(ca) is None:
-            continue
-        ca_cert = cd.load_cert("ca", ca)
-        crl = cd._load_crl(ca, ca_cert)
-        if crl is None:
-            continue
-        issuer = common_name(ca_cert.subject)
-        out.update((issuer, r.serial_number) for r in crl)
-    return frozenset(out)
 
 
 def _family(host: str) -> socket.AddressFamily:
@@ -316,7 +281,7 @@ def _peer_chain(der: bytes | None, cd: CertDir) -> list[PeerCert]:
 
     from cryptography import x509
 
-    from synfast.tls.certdir import common_name, fingerprint
+    from synfast.tls.x509 import common_name, fingerprint
 
     if not der:
         return []

@@ -382,12 +382,14 @@ def check(url: str | TlsUrl, certdir: str | os.PathLike[str] | None = None, *,
           listen: bool = False) -> tuple[TlsUrl, list[Any]]:
     """Which certdir files ``url`` would use, and whether each is fit for it.
 
-    Returns the parsed URL and a list of :class:`synfast.tls.certdir.Check`; the URL
+    Returns the parsed URL and a list of :class:`synfast.tls.inspect.Check`; the URL
     is usable when every check is ok.  ``listen`` checks it as a listener's URL
     (host certificates, the ``ca=`` CA and its CRL), otherwise as a client's
     (the CAs to trust or the pin, the user certificate to present).
     """
-    from synfast.tls.certdir import CertDir, CertError, Check
+    from synfast.tls.certdir import CertDir
+    from synfast.tls.inspect import Check
+    from synfast.tls.layout import CertError
 
     u = _as_url(url)
     _need_ssl(u)
@@ -422,9 +424,9 @@ def check(url: str | TlsUrl, certdir: str | os.PathLike[str] | None = None, *,
                     checks.append(Check(f"CRL of {ca}", True, "none; nothing is revoked",
                                         warning=True))
                 else:
-                    from synfast.tls.context import _check_crl_usable
+                    from synfast.tls.crl import usable_crl
 
-                    _check_crl_usable(cd, ca)
+                    usable_crl(cd, ca)
                     checks.append(Check(f"CRL of {ca}", True, str(crl)))
             except CertError as err:
                 checks.append(Check(f"CRL of {ca}", False, str(err)))

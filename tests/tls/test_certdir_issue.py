@@ -9,7 +9,8 @@ import stat
 
 import pytest
 
-from synfast.tls.certdir import CertDir, CertError, CertFileExists
+from synfast.tls.certdir import CertDir
+from synfast.tls.layout import CertError, CertFileExists
 from tests.tls.conftest import openssl, x509_text
 
 EC = {"key_type": "ecdsa-p256"}

@@ -8,7 +8,8 @@ import os
 
 import pytest
 
-from synfast.tls.certdir import CertDir, CertError
+from synfast.tls.certdir import CertDir
+from synfast.tls.layout import CertError
 from tests.tls.conftest import openssl
 
 EC = {"key_type": "ecdsa-p256"}

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from synfast.tls.certdir import CertDir, CertError, validate_name
+from synfast.tls.certdir import CertDir
+from synfast.tls.layout import CertError, validate_name
 
 
 @pytest.mark.parametrize("name", ["", "a/b", "..", ".", "-rf", "x\x00y", "x\ny", "é" * 33])

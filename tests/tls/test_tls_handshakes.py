@@ -17,8 +17,10 @@ import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from synfast.tls import context as certs_tls
-from synfast.tls.certdir import CertDir, CertError, fingerprint, load_cert_file
+from synfast.tls.certdir import CertDir
+from synfast.tls.layout import CertError
 from synfast.tls.url import UrlError, client_context, server_context
+from synfast.tls.x509 import fingerprint, load_cert_file
 
 TIMEOUT = 5.0
 H1, H2 = "h1.vertex.link", "h2.vertex.link"

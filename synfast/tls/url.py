@@ -389,7 +389,7 @@ def check(url: str | TlsUrl, certdir: str | os.PathLike[str] | None = None, *,
     """
     from synfast.tls.certdir import CertDir
     from synfast.tls.inspect import Check
-    from synfast.tls.layout import CertError
+    from synfast.tls.layout import CertError, kind_dir
 
     u = _as_url(url)
     _need_ssl(u)
@@ -403,7 +403,7 @@ def check(url: str | TlsUrl, certdir: str | os.PathLike[str] | None = None, *,
             checks.append(Check(f"{kind} {name}", False, str(err)))
             return
         for c in rep.checks:
-            checks.append(Check(f"{kind_dir_name(kind)}/{name}: {c.what}", c.ok, c.detail,
+            checks.append(Check(f"{kind_dir(kind)}/{name}: {c.what}", c.ok, c.detail,
                                 c.warning))
 
     if listen:
@@ -472,7 +472,3 @@ def check(url: str | TlsUrl, certdir: str | os.PathLike[str] | None = None, *,
         checks.append(Check("client certificate", True, f"none presented (looked for: {tried})",
                             warning=True))
     return u, checks
-
-
-def kind_dir_name(kind: str) -> str:
-    return {"ca": "cas", "host": "hosts", "user": "users", "code": "code"}.get(kind, kind)

@@ -41,7 +41,7 @@ from synfast.tls.x509 import (
     signed_by,
 )
 
-__all__ = ["CertStore", "as_store"]
+__all__ = ["CertDirLike", "CertStore", "as_store"]
 
 
 class CertStore:
@@ -171,7 +171,11 @@ class CertStore:
             raise _write_error(err, [path]) from None
 
 
-def as_store(certdir: str | os.PathLike[str] | CertStore | None) -> CertStore:
+#: What the API takes for a certdir: a path, a store, or None for the default.
+CertDirLike = str | os.PathLike[str] | CertStore | None
+
+
+def as_store(certdir: CertDirLike) -> CertStore:
     """``certdir`` itself when it is a store already, else the store at that path."""
     return certdir if isinstance(certdir, CertStore) else CertStore(certdir)
 

@@ -1,7 +1,7 @@
 """Real TLS handshakes over loopback, built from URLs and a certdir.
 
-Every handshake here is a real one between :func:`synfast.tls.context.serve` in a
-thread and :func:`synfast.tls.context.connect`, both built from URLs and a certdir
+Every handshake here is a real one between :func:`synfast.tls.probe.serve` in a
+thread and :func:`synfast.tls.probe.connect`, both built from URLs and a certdir
 made by :class:`synfast.tls.certdir.CertDir`; nothing is mocked.  Network waits are
 bounded by timeouts and the server threads are daemons.
 """
@@ -16,10 +16,11 @@ import threading
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from synfast.tls import context as certs_tls
 from synfast.tls.certdir import CertDir
+from synfast.tls.context import client_context, server_context
 from synfast.tls.layout import CertError
-from synfast.tls.url import UrlError, client_context, server_context
+from synfast.tls.probe import ServeEvent, connect, serve
+from synfast.tls.url import UrlError
 from synfast.tls.x509 import fingerprint, load_cert_file
 
 TIMEOUT = 5.0
@@ -45,10 +46,10 @@ def cd(tmp_path_factory) -> CertDir:
 
 
 class Server:
-    """``certs_tls.serve`` in a daemon thread on a free loopback port."""
+    """``serve`` in a daemon thread on a free loopback port."""
 
     def __init__(self, url: str, cd: CertDir, count: int = 1) -> None:
-        self.events: list[certs_tls.ServeEvent] = []
+        self.events: list[ServeEvent] = []
         self.error: BaseException | None = None
         ready = threading.Event()
         self.port = 0
@@ -59,8 +60,8 @@ class Server:
 
         def run() -> None:
             try:
-                certs_tls.serve(url, cd, count=count, handshake_timeout=TIMEOUT,
-                                on_listen=listening, on_event=self.events.append)
+                serve(url, cd, count=count, handshake_timeout=TIMEOUT, on_listen=listening,
+                      on_event=self.events.append)
             except BaseException as err:  # reported by the test
                 self.error = err
                 ready.set()
@@ -71,7 +72,7 @@ class Server:
         if self.error:
             raise self.error
 
-    def join(self) -> list[certs_tls.ServeEvent]:
+    def join(self) -> list[ServeEvent]:
         self.thread.join(TIMEOUT)
         assert not self.thread.is_alive(), "server did not finish"
         return self.events
@@ -79,7 +80,7 @@ class Server:
 
 def talk(url: str, cd: CertDir) -> tuple[str, ssl.SSLSocket | None, dict]:
     """Connect, read the server's line; return it with the TLS facts."""
-    with certs_tls.connect(url, cd, timeout=TIMEOUT) as s:
+    with connect(url, cd, timeout=TIMEOUT) as s:
         facts = {"version": s.version(), "cipher": s.cipher()[0],
                  "peer": s.getpeercert(binary_form=True)}
         data = b""

@@ -1,10 +1,12 @@
-"""The certdir's layout and names, and the errors of the tls package.
+"""The certdir's layout and names, and the errors of certdir operations.
 
 What lives where (``cas/``, ``hosts/``, ``users/``, ``code/``, ``crls/``; a file is
 named after the certificate's common name), where the certdir is by default, which
-names may become file names, and the errors every other tls module raises.  It
-imports neither ``ssl`` nor ``cryptography``, so the command line can name key
-types and kinds without paying for them.
+names may become file names, which key types can be made, and
+:class:`CertError`/:class:`CertFileExists`, raised by every certdir module (URL
+errors are :class:`synfast.tls.url.UrlError`).  It imports neither ``ssl`` nor
+``cryptography``, so the command line can name key types and kinds without
+paying for them.
 """
 
 from __future__ import annotations

@@ -9,8 +9,6 @@ import typer
 
 from synfast.cli._app import app
 
-_KEY_TYPES = ("rsa4096", "rsa2048", "ecdsa-p256")
-
 
 @app.command("easycert")
 def easycert_command(
@@ -75,10 +73,11 @@ def easycert_command(
     `synfast easycert --sign-csr --server --signas vertex path/to/host.csr`.
     """
     from synfast.errors import UsageError
-    from synfast.tls.certdir import CertDir, CertFileExists
+    from synfast.tls.certdir import CertDir
+    from synfast.tls.layout import KEY_TYPES, CertFileExists
 
-    if key_type not in _KEY_TYPES:
-        raise UsageError(None, f"--key-type {key_type!r} is not one of {', '.join(_KEY_TYPES)}")
+    if key_type not in KEY_TYPES:
+        raise UsageError(None, f"--key-type {key_type!r} is not one of {', '.join(KEY_TYPES)}")
     if importfile is not None and importfile not in ("cas", "hosts", "users"):
         raise UsageError(None, f"--importfile {importfile!r} is not one of cas, hosts, users")
     if sign_csr and signas is None:

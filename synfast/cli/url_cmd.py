@@ -43,7 +43,7 @@ def check_command(
 ) -> None:
     """Which certdir files URL would use and whether each is fine; exit 1 on any problem."""
     from synfast.cli._render import print_json
-    from synfast.tls.url import check
+    from synfast.tls.check import check
 
     u, checks = check(url, certdir, listen=listen)
     ok = all(c.ok for c in checks)
@@ -72,7 +72,7 @@ def probe_command(
     """Connect to URL, handshake, and show the peer's chain, TLS version, cipher and the
     verification result. Exit 1 when the connection or verification fails."""
     from synfast.cli._render import print_json
-    from synfast.tls.url import probe
+    from synfast.tls.probe import probe
 
     res = probe(url, certdir, timeout=timeout)
     if json_out:
@@ -111,7 +111,7 @@ def serve_command(
     """
     import sys
 
-    from synfast.tls.context import serve
+    from synfast.tls.probe import serve
 
     def listening(host: str, port: int) -> None:
         typer.echo(f"listening on {host}:{port}")

@@ -1,42 +1,33 @@
-"""Telepath-style URLs and the TLS contexts they describe.
+"""Telepath URLs: parsing, formatting and masking, without ``ssl`` or ``cryptography``.
 
 A Synapse deployment names every listener and every connection with a URL such
 as ``ssl://visi@cortex.vertex.link:27492/?certname=visi`` (form and query keys in
 ``shared/docs/synapse-compat.md``).  This module parses and formats those URLs
-(:func:`parse`, :func:`TlsUrl.format`, :func:`sanitize`) without importing
-``ssl`` or ``cryptography``, so ``synfast url parse`` starts fast, and turns an
-``ssl://`` URL plus a certdir into a listener's or a client's
-:class:`ssl.SSLContext` (:func:`server_context`, :func:`client_context`), with the
-policy Synapse peers expect: TLS 1.2 at least, forward-secret key exchange only,
-no renegotiation, names checked without DNS.
-
-The heavy parts live in :mod:`synfast.tls.context` and are imported on first use.
+(:func:`parse`, :meth:`TlsUrl.format`, :func:`sanitize`) and reads what an
+``ssl://`` URL asks of TLS (:func:`server_hostname`, :func:`client_cert_candidates`,
+:func:`normalize_certhash`).  It imports neither ``ssl`` nor ``cryptography``,
+directly or through another module, so ``synfast url parse`` starts fast; the
+contexts a URL describes are made by :mod:`synfast.tls.context`.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from synfast.errors import SynfastError
-
-if TYPE_CHECKING:  # pragma: no cover
-    import ssl
-
-    from synfast.tls.context import ProbeResult
 
 __all__ = [
     "DEFAULT_PORT",
     "TlsUrl",
     "UrlError",
-    "client_context",
+    "as_url",
     "client_cert_candidates",
+    "normalize_certhash",
     "parse",
-    "probe",
+    "require_ssl",
     "sanitize",
-    "server_context",
     "server_hostname",
 ]
 
@@ -293,11 +284,13 @@ def sanitize(url: str | TlsUrl) -> str:
         return _mask_text(url)
 
 
-def _as_url(url: str | TlsUrl) -> TlsUrl:
+def as_url(url: str | TlsUrl) -> TlsUrl:
+    """``url`` parsed, unless it is a :class:`TlsUrl` already."""
     return url if isinstance(url, TlsUrl) else parse(url)
 
 
-def _need_ssl(u: TlsUrl) -> None:
+def require_ssl(u: TlsUrl) -> None:
+    """Refuse a URL that is not ``ssl://`` where a TLS context is asked for."""
     if u.scheme != "ssl":
         raise UrlError(None, f"{u}: a TLS context needs an ssl:// URL, not {u.scheme}://",
                        "use ssl://HOST:PORT/")
@@ -305,7 +298,7 @@ def _need_ssl(u: TlsUrl) -> None:
 
 def server_hostname(url: str | TlsUrl) -> str:
     """The name a client checks the server's certificate against (``hostname`` or HOST)."""
-    u = _as_url(url)
+    u = as_url(url)
     names = u.hostnames()
     if len(names) != 1:
         raise UrlError(None, f"{u}: a client URL takes one hostname, not {len(names)}",
@@ -319,7 +312,7 @@ def client_cert_candidates(url: str | TlsUrl) -> list[str]:
     ``certname`` if given; else, for a user with no password, ``USER@HOSTNAME``
     then ``USER@`` each parent domain (an IP address has no parents); else none.
     """
-    u = _as_url(url)
+    u = as_url(url)
     if "certname" in u.query:
         return [u.query["certname"]]
     if u.user is None or u.password is not None:
@@ -334,143 +327,11 @@ def client_cert_candidates(url: str | TlsUrl) -> list[str]:
     return [f"{u.user}@{'.'.join(labels[i:])}" for i in range(len(labels)) if labels[i]]
 
 
-def server_context(url: str | TlsUrl, certdir: str | os.PathLike[str] | None = None
-                   ) -> ssl.SSLContext:
-    """The :class:`ssl.SSLContext` of a listener on ``url``.
-
-    Presents ``hosts/NAME.crt|key`` for ``hostname`` (else HOST); a comma list
-    serves one certificate per name by SNI (the first is the default);
-    ``ca=NAME`` requires client certificates issued by that CA and honours its
-    CRL when the certdir has one.
-    """
-    from synfast.tls import context as certs_tls
-
-    u = _as_url(url)
-    _need_ssl(u)
-    return certs_tls.server_context(u, certdir)
-
-
-def client_context(url: str | TlsUrl, certdir: str | os.PathLike[str] | None = None
-                   ) -> ssl.SSLContext:
-    """The :class:`ssl.SSLContext` of a client connecting to ``url``.
-
-    Trusts the CAs of the certdir (or, with ``certhash``, only the server
-    certificate with that SHA-256 fingerprint, checked on every handshake made
-    with this context); presents the user certificate named by ``certname`` or
-    found for ``USER@HOSTNAME``.  Wrap sockets with
-    ``server_hostname=server_hostname(url)`` so the name is checked against
-    ``hostname`` (else HOST); :func:`synfast.tls.context.connect` does it for you.
-    """
-    from synfast.tls import context as certs_tls
-
-    u = _as_url(url)
-    _need_ssl(u)
-    return certs_tls.client_context(u, certdir)
-
-
-def probe(url: str | TlsUrl, certdir: str | os.PathLike[str] | None = None, *,
-          timeout: float = 10.0) -> ProbeResult:
-    """Connect to ``url``, handshake, and report what the peer presented."""
-    from synfast.tls import context as certs_tls
-
-    u = _as_url(url)
-    _need_ssl(u)
-    return certs_tls.probe(u, certdir, timeout=timeout)
-
-
-def check(url: str | TlsUrl, certdir: str | os.PathLike[str] | None = None, *,
-          listen: bool = False) -> tuple[TlsUrl, list[Any]]:
-    """Which certdir files ``url`` would use, and whether each is fit for it.
-
-    Returns the parsed URL and a list of :class:`synfast.tls.certdir.Check`; the URL
-    is usable when every check is ok.  ``listen`` checks it as a listener's URL
-    (host certificates, the ``ca=`` CA and its CRL), otherwise as a client's
-    (the CAs to trust or the pin, the user certificate to present).
-    """
-    from synfast.tls.certdir import CertDir, CertError, Check
-
-    u = _as_url(url)
-    _need_ssl(u)
-    cd = CertDir(certdir)
-    checks: list[Check] = []
-
-    def add_report(kind: str, name: str) -> None:
-        try:
-            rep = cd.verify(name, kind)
-        except CertError as err:
-            checks.append(Check(f"{kind} {name}", False, str(err)))
-            return
-        for c in rep.checks:
-            checks.append(Check(f"{kind_dir_name(kind)}/{name}: {c.what}", c.ok, c.detail,
-                                c.warning))
-
-    if listen:
-        names = u.hostnames()
-        if not names:
-            checks.append(Check("hostname", False, "no host name to serve"))
-        for name in names:
-            add_report("host", name)
-        ca = u.query.get("ca")
-        if ca is None:
-            checks.append(Check("client certificates", True, "not required (no ca=)",
-                                warning=True))
-        else:
-            add_report("ca", ca)
-            try:
-                crl = cd.crl_path(ca)
-                if crl is None:
-                    checks.append(Check(f"CRL of {ca}", True, "none; nothing is revoked",
-                                        warning=True))
-                else:
-                    from synfast.tls.context import _check_crl_usable
-
-                    _check_crl_usable(cd, ca)
-                    checks.append(Check(f"CRL of {ca}", True, str(crl)))
-            except CertError as err:
-                checks.append(Check(f"CRL of {ca}", False, str(err)))
-        return u, checks
-
-    try:
-        name = server_hostname(u)
-        checks.append(Check("server name", True, f"the server certificate must name {name}"))
-    except UrlError as err:
-        checks.append(Check("server name", False, err.message))
-    if "certhash" in u.query:
-        from synfast.tls.context import normalize_certhash
-
-        try:
-            pin = normalize_certhash(u.query["certhash"])
-            checks.append(Check("certhash", True, f"server pinned to sha256 {pin}"))
-        except UrlError as err:
-            checks.append(Check("certhash", False, err.message))
-    else:
-        cas = cd.names("ca")
-        checks.append(Check("trusted CAs", bool(cas),
-                            ", ".join(cas) if cas else f"no CA certificate in {cd.path / 'cas'}"))
-    try:
-        candidates = client_cert_candidates(u)
-    except UrlError as err:
-        checks.append(Check("client certificate", False, err.message))
-        return u, checks
-    found = None
-    for cand in candidates:
-        try:
-            if cd.cert_path("user", cand).is_file() and cd.key_path("user", cand).is_file():
-                found = cand
-                break
-        except CertError:
-            continue
-    if found is not None:
-        add_report("user", found)
-    elif "certname" in u.query:
-        checks.append(Check("client certificate", False,
-                            f"certname={u.query['certname']}: not found in {cd.path / 'users'}"))
-    else:
-        tried = ", ".join(candidates) if candidates else "none to look for"
-        checks.append(Check("client certificate", True, f"none presented (looked for: {tried})",
-                            warning=True))
-    return u, checks
-
-
-def kind_dir_name(kind: str) -> str:
-    return {"ca": "cas", "host": "hosts", "user": "users", "code": "code"}.get(kind, kind)
+def normalize_certhash(value: str) -> str:
+    """Lowercase hex without separators; 64 digits or an error."""
+    h = value.replace(":", "").strip().lower()
+    if len(h) != 64 or any(c not in "0123456789abcdef" for c in h):
+        raise UrlError(None, f"certhash={value!r} is not a SHA-256 fingerprint",
+                       "give 64 hex digits, e.g. from `synfast url probe` or "
+                       "`openssl x509 -noout -fingerprint -sha256`")
+    return h

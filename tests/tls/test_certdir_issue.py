@@ -1,29 +1,19 @@
-"""The certdir API, checked by the ``openssl`` command as an independent verifier."""
+"""Making certificates, keys, CSRs and p12 bundles, checked by the ``openssl`` command as an
+independent verifier."""
 
 from __future__ import annotations
 
 import datetime as dt
 import os
 import stat
-import subprocess
-from pathlib import Path
 
 import pytest
 
-from synfast.tls.certdir import CertDir, CertError, CertFileExists, validate_name
+from synfast.tls.certdir import CertDir
+from synfast.tls.layout import CertError, CertFileExists
+from tests.tls.conftest import openssl, x509_text
 
-OPENSSL = "/usr/bin/openssl"
 EC = {"key_type": "ecdsa-p256"}
-
-
-def openssl(*args: str, input: bytes | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([OPENSSL, *args], capture_output=True, input=input, timeout=30)
-
-
-def x509_text(path: Path) -> str:
-    proc = openssl("x509", "-in", str(path), "-noout", "-text")
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout.decode()
 
 
 @pytest.fixture(scope="module")
@@ -145,63 +135,6 @@ def test_csr_verifies_and_a_foreign_csr_gets_signed(cd: CertDir, tmp_path) -> No
     assert a == b
 
 
-def test_revocation_shows_in_the_crl_and_in_verify(tmp_path) -> None:
-    c = CertDir(tmp_path)
-    c.ca("ca", key_type="rsa2048")
-    c.user("u1", signas="ca", **EC)
-    c.user("u2", signas="ca", **EC)
-    assert c.verify("u1").ok
-    crl = c.revoke("ca", "user", "u1")
-    assert crl == tmp_path / "crls/ca.crl"
-    serial = c.load_cert("user", "u1").serial_number
-    proc = openssl("crl", "-in", str(crl), "-CAfile", str(c.cert_path("ca", "ca")),
-                   "-noout", "-text")
-    assert proc.returncode == 0, proc.stderr
-    assert f"{serial:X}" in proc.stdout.decode().replace(":", "").upper()
-    rep = c.verify("u1")
-    assert not rep.ok and any("REVOKED" in p.detail for p in rep.problems)
-    assert c.verify("u2").ok
-    # openssl agrees when asked to check the CRL
-    both = tmp_path / "ca+crl.pem"
-    both.write_bytes(c.cert_path("ca", "ca").read_bytes() + crl.read_bytes())
-    assert openssl("verify", "-crl_check", "-CAfile", str(both),
-                   str(c.cert_path("user", "u1"))).returncode != 0
-    assert openssl("verify", "-crl_check", "-CAfile", str(both),
-                   str(c.cert_path("user", "u2"))).returncode == 0
-    # reissuing keeps the entry; revoking by a CA that did not sign is refused
-    c.gen_crl("ca")
-    assert not c.verify("u1").ok
-    c.ca("ca2", key_type="rsa2048")
-    with pytest.raises(CertError, match="not issued by CA ca2"):
-        c.revoke("ca2", "user", "u2")
-
-
-def test_verify_reports_expiry_key_mismatch_and_usage(tmp_path) -> None:
-    c = CertDir(tmp_path)
-    c.ca("ca", key_type="rsa2048")
-    past = dt.datetime.now(dt.UTC) - dt.timedelta(days=30)
-    c.host("old", signas="ca", valid_from=past, days=10, **EC)
-    rep = c.verify("old")
-    assert [p.what for p in rep.problems] == ["dates"]
-    assert [r.status for r in c.inventory() if r.name == "old"] == ["expired"]
-    c.host("soon", signas="ca", days=5, **EC)
-    assert [r.status for r in c.inventory() if r.name == "soon"] == ["expiring"]
-    c.user("swap", signas="ca", **EC)
-    os.replace(c.key_path("host", "soon"), c.key_path("user", "swap"))
-    rep = c.verify("swap")
-    assert [p.what for p in rep.problems] == ["key"]
-    row = next(r for r in c.inventory() if r.name == "swap")
-    assert row.key_present and row.key_matches is False
-    # a user cert put where a host cert belongs lacks serverAuth and the SAN
-    c.user("misplaced", signas="ca", **EC)
-    os.replace(c.cert_path("user", "misplaced"), c.cert_path("host", "misplaced"))
-    os.replace(c.key_path("user", "misplaced"), c.key_path("host", "misplaced"))
-    assert {p.what for p in c.verify("misplaced", "host").problems} == {"usage", "SAN"}
-    # self-signed user: no chain to a CA
-    c.user("selfie", **EC)
-    assert [p.what for p in c.verify("selfie").problems] == ["chain"]
-
-
 def test_a_ca_signs_only_with_its_own_key(tmp_path) -> None:
     c = CertDir(tmp_path)
     c.ca("a", key_type="rsa2048")
@@ -210,17 +143,6 @@ def test_a_ca_signs_only_with_its_own_key(tmp_path) -> None:
     with pytest.raises(CertError, match="does not match the certificate of CA a"):
         c.user("x", signas="a", **EC)
     assert not c.cert_path("user", "x").exists() and not c.key_path("user", "x").exists()
-
-
-@pytest.mark.parametrize("name", ["", "a/b", "..", ".", "-rf", "x\x00y", "x\ny", "é" * 33])
-def test_bad_names_are_refused(name: str) -> None:
-    with pytest.raises(CertError):
-        validate_name(name)
-
-
-@pytest.mark.parametrize("name", ["a", "visi@vertex.link", "é" * 32, "x" * 64, "a..b"])
-def test_good_names(name: str) -> None:
-    assert validate_name(name) == name
 
 
 def test_existing_files_are_never_replaced(tmp_path) -> None:
@@ -256,11 +178,3 @@ def test_import_copies_and_checks(tmp_path) -> None:
     other.write_text("x")
     with pytest.raises(CertError, match="only .crt"):
         dst.import_file("cas", other)
-
-
-def test_default_certdir_honours_syn_cert_dir(monkeypatch, tmp_path) -> None:
-    monkeypatch.setenv("SYN_CERT_DIR", str(tmp_path / "env"))
-    assert CertDir().path == tmp_path / "env"
-    monkeypatch.delenv("SYN_CERT_DIR")
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert CertDir().path == tmp_path / "home/.syn/certs"

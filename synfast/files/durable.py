@@ -156,13 +156,16 @@ def write_all_or_none(items: Sequence[tuple[Path, bytes, int]], *, replace: bool
     start (a key is never readable by others, not even for an instant),
     fsynced, then placed with :func:`place`; the directories are fsynced last.
     Without ``replace`` an existing name is refused before anything is written,
-    and one that appears meanwhile is never replaced; if any file cannot be
-    placed, those already placed are removed again.
+    and one that appears meanwhile is never replaced; with it, a directory in
+    the way is still refused.  If any file cannot be placed, those already
+    placed are removed again.
     """
-    if not replace:
-        for path, _, _ in items:
-            if os.path.lexists(path):
-                raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), os.fspath(path))
+    for path, _, _ in items:
+        if not replace and os.path.lexists(path):
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), os.fspath(path))
+        if replace and os.path.isdir(path) and not os.path.islink(path):
+            # A file replaces no directory (place() would swap it out).
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), os.fspath(path))
     staged: list[tuple[Path, Path]] = []
     placed: list[Path] = []
     try:

@@ -4,7 +4,7 @@ A certdir is what Synapse services and their clients read their TLS material
 from (``cas/``, ``hosts/``, ``users/``, ``code/``, ``crls/``; a file is named after
 the certificate's common name).  Everything made here must load where a cert made
 by Synapse's ``easycert`` would, so the certificate profiles follow
-``shared/docs/synapse-compat.md``.  Where easycert was careless, this package is
+docs/reference/synapse-compat.md.  Where easycert was careless, this package is
 not: names are validated so that none can escape the certdir, every file is
 written under a temporary name and placed without replacing anything (except a
 CRL, whose whole point is to be updated), private keys are created with mode

@@ -5,7 +5,7 @@ for a listener (``hosts/NAME.crt|key`` for each ``hostname``, one per name by SN
 ``ca=`` requires client certificates of that CA and loads its CRL) and
 :func:`client_context` for a client (trust the certdir's CAs, or only the
 ``certhash`` pin; present the user certificate named by ``certname`` or found
-for ``USER@HOSTNAME``).  The policy is the one of ``shared/docs/synapse-compat.md``:
+for ``USER@HOSTNAME``).  The policy is docs/reference/synapse-compat.md ("TLS policy"):
 TLS 1.2 at least, ECDHE/DHE key exchange only (never RSA key transport, so a
 stolen key does not decrypt recorded traffic), renegotiation off, server names
 checked by OpenSSL against the certificate (no DNS involved), trust from the

@@ -14,7 +14,6 @@ gathers them as methods.
 
 from __future__ import annotations
 
-import errno
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -164,8 +163,6 @@ class CertStore:
         """Atomically replace ``path`` (only for CRLs, which exist to be updated)."""
         self._ensure_dir(path.parent.name)
         try:
-            if path.is_dir() and not path.is_symlink():  # a file replaces no directory
-                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
             write_atomic(path, data, mode=mode, replace=True)
         except OSError as err:
             raise _write_error(err, [path]) from None

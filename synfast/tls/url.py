@@ -2,7 +2,7 @@
 
 A Synapse deployment names every listener and every connection with a URL such
 as ``ssl://visi@cortex.vertex.link:27492/?certname=visi`` (form and query keys in
-``shared/docs/synapse-compat.md``).  This module parses and formats those URLs
+docs/reference/synapse-compat.md, "Telepath URLs").  This module parses and formats those URLs
 (:func:`parse`, :meth:`TlsUrl.format`, :func:`sanitize`) and reads what an
 ``ssl://`` URL asks of TLS (:func:`server_hostname`, :func:`client_cert_candidates`,
 :func:`normalize_certhash`).  It imports neither ``ssl`` nor ``cryptography``,

@@ -4,7 +4,7 @@ Everything here works on bytes, files and ``cryptography`` objects, not on a
 certdir: loading PEM or DER certificates, keys, CRLs and CSRs (each failure one
 :class:`~synfast.tls.layout.CertError` naming the file), making keys, comparing
 a key with a certificate, reading names and fingerprints, and building
-certificates and CSRs with the profiles of ``shared/docs/synapse-compat.md``
+certificates and CSRs with the profiles of docs/reference/synapse-compat.md
 (subject CN=NAME, random serial, SHA-256; per kind its BasicConstraints,
 KeyUsage, ExtendedKeyUsage and SubjectAlternativeName).
 

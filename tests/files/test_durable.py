@@ -44,6 +44,14 @@ def test_replace_overwrites_atomically(tmp_path: Path) -> None:
     assert _names(tmp_path) == ["ca.crl"]
 
 
+def test_replace_never_swaps_out_a_directory(tmp_path: Path) -> None:
+    (tmp_path / "ca.crl").mkdir()
+    (tmp_path / "ca.crl" / "keep").write_text("x")
+    with pytest.raises(IsADirectoryError):
+        durable.write_atomic(tmp_path / "ca.crl", b"new", replace=True)
+    assert _names(tmp_path / "ca.crl") == ["keep"] and _names(tmp_path) == ["ca.crl"]
+
+
 def test_a_failure_part_way_removes_what_was_placed(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         durable.write_all_or_none([(tmp_path / "c.key", b"key", 0o600),

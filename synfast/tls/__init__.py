@@ -1,7 +1,7 @@
 """TLS for Synapse deployments: the certdir, its certificates, and ``ssl://`` URLs.
 
 The certdir
-    A directory of TLS material in Synapse's layout (docs/reference/synapse-compat.md, "The certdir"):
+    A directory of TLS material in Synapse's layout (docs/reference/synapse-compat.md):
     ``cas/NAME.crt|key|crl``, ``hosts/NAME.crt|key|csr``, ``users/NAME.crt|key|csr|p12``,
     ``code/NAME.crt|key`` and ``crls/NAME.crl``, each file named after the
     certificate's common name.  It is ``--certdir``, else ``$SYN_CERT_DIR``, else

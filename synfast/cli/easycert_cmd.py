@@ -72,61 +72,19 @@ def easycert_command(
     `synfast easycert --p12 visi@vertex.link`;
     `synfast easycert --sign-csr --server --signas vertex path/to/host.csr`.
     """
-    from synfast.errors import UsageError
-    from synfast.tls.certdir import CertDir
-    from synfast.tls.layout import KEY_TYPES, CertFileExists
+    from synfast.tls import easycert
+    from synfast.tls.layout import CertFileExists
 
-    if key_type not in KEY_TYPES:
-        raise UsageError(None, f"--key-type {key_type!r} is not one of {', '.join(KEY_TYPES)}")
-    if importfile is not None and importfile not in ("cas", "hosts", "users"):
-        raise UsageError(None, f"--importfile {importfile!r} is not one of cas, hosts, users")
-    if sign_csr and signas is None:
-        raise UsageError(None, "--sign-csr requires --signas", "name the CA that signs")
-    host_sans = ",".join(s for s in (server_sans, sans) if s) or None
-    cd = CertDir(certdir)
-
-    def say(line: str) -> None:
-        typer.echo(line)
-
+    request = easycert.Request(
+        name, certdir=certdir, importfile=importfile, ca=ca, crl=crl, p12=p12, code=code,
+        server=server, server_sans=server_sans, csr=csr, sign_csr=sign_csr, signas=signas,
+        revokeas=revokeas, days=days, key_type=key_type, sans=sans)
     try:
-        if crl:
-            say(f"CRL saved: {cd.gen_crl(name, days=days)}")
-            return
-        if revokeas is not None:
-            kind = "code" if code else "host" if server else "ca" if ca else "user"
-            cd.revoke(revokeas, kind, name, days=days)
-            say(f"Certificate revoked: {name}")
-            say(f"CRL updated: {revokeas}")
-            return
-        if importfile is not None:
-            dest = cd.import_file(importfile, name)
-            say(f"copied {name} to {dest}")
-            return
-        if p12:
-            saved = cd.p12(name)
-        elif sign_csr:
-            kind = "host" if server else "code" if code else "user"
-            saved = cd.sign_csr(kind, name, signas or "", days=days,
-                                sans=host_sans if kind == "host" else sans)
-        elif csr:
-            if ca:
-                raise UsageError(None, "a CSR for a CA certificate is not supported",
-                                 "make the CA here with --ca, optionally --signas another CA")
-            kind = "host" if server else "user"
-            saved = cd.csr(kind, name, key_type=key_type,
-                           sans=host_sans if kind == "host" else sans)
-        elif ca:
-            saved = cd.ca(name, signas=signas, days=days, key_type=key_type)
-        elif server:
-            saved = cd.host(name, signas=signas, sans=host_sans, days=days, key_type=key_type)
-        elif code:
-            saved = cd.code(name, signas=signas, days=days, key_type=key_type)
-        else:
-            saved = cd.user(name, signas=signas, sans=sans, days=days, key_type=key_type)
+        lines = easycert.run(request)
     except CertFileExists as err:
         # easycert's own words, on stdout as easycert prints them.
         typer.echo(f"file exists: {err.path}")
         sys.stdout.flush()
         raise typer.Exit(1) from None
-    for s in saved:
-        say(s.line())
+    for line in lines:
+        typer.echo(line)

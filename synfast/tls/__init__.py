@@ -50,6 +50,8 @@ Modules, lower first (a module imports only modules above it in this list):
     inspect  inventory (``certs list``) and verify (chain, dates, key, usage, SAN,
              revocation)
     certdir  CertDir: a CertStore with every operation above as a method
+    easycert Synapse's easycert flags as one request: which operation, in
+             easycert's order, and the lines it prints
     check    ``url check``: the files a URL would use and whether each is fit
     context  server and client ssl.SSLContext of a URL; ClientContext's checks
     probe    connect, probe and serve over TLS

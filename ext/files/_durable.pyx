@@ -6,10 +6,11 @@ the GIL released."""
 
 from libc.errno cimport errno
 
-from sysio cimport (
-    AT_FDCWD, RENAME_NOREPLACE, RENAME_EXCHANGE, POSIX_FADV_DONTNEED,
-    SYNC_FILE_RANGE_WRITE, renameat2, posix_fadvise, sync_file_range,
+from cfcntl cimport (
+    AT_FDCWD, POSIX_FADV_DONTNEED, SYNC_FILE_RANGE_WRITE, posix_fadvise, sync_file_range,
 )
+from cstdio cimport renameat2
+from clinux_fs cimport RENAME_NOREPLACE, RENAME_EXCHANGE
 
 
 def rename_noreplace(src, dst):

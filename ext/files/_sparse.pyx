@@ -11,14 +11,16 @@ from libc.errno cimport errno, ENOMEM
 from cpython.exc cimport PyErr_CheckSignals
 from posix.types cimport off_t
 
-from sysio cimport (
-    EINTR, EINVAL, ENXIO, EXDEV, ENOSYS, EOPNOTSUPP, EIO, ENOTTY,
-    SEEK_SET, SEEK_CUR, SEEK_DATA, SEEK_HOLE, FICLONE,
-    lseek, pread, pwrite, ftruncate, copy_file_range, ioctl,
-    fstat, stat, fstatfs, statfs,
-    splice, pipe2, fcntl, close, read, F_SETPIPE_SZ, F_GETPIPE_SZ, SPLICE_F_MOVE, O_CLOEXEC,
+from cerrno cimport EINTR, EINVAL, ENXIO, EXDEV, ENOSYS, EOPNOTSUPP, EIO, ENOTTY
+from cunistd cimport (
+    SEEK_SET, SEEK_CUR, SEEK_DATA, SEEK_HOLE,
+    lseek, pread, pwrite, read, ftruncate, close, pipe2, copy_file_range,
 )
-cimport sysio
+from cfcntl cimport O_CLOEXEC, F_SETPIPE_SZ, F_GETPIPE_SZ, SPLICE_F_MOVE, fcntl, splice
+from clinux_fs cimport FICLONE
+from cioctl cimport ioctl
+from cstat cimport stat, fstat
+from cvfs cimport statfs, fstatfs
 
 # Modes shared by reflink= and sparse=.
 cdef enum:

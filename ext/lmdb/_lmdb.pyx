@@ -15,11 +15,23 @@ from libc.string cimport memset
 from libc.errno cimport errno
 from posix.types cimport off_t
 
-from clmdb cimport *
-from sysio cimport (
-    fstat, stat, fcntl, flock, F_GETLK, F_WRLCK, F_UNLCK, SEEK_SET,
-    open as c_open, close as c_close, O_RDONLY, O_CLOEXEC,
+from clmdb cimport (
+    MDB_env, MDB_txn, MDB_cursor, MDB_dbi, MDB_val, MDB_stat, MDB_envinfo,
+    MDB_FIRST, MDB_NEXT, MDB_NEXT_NODUP,
+    MDB_RDONLY, MDB_NOTLS, MDB_NOSUBDIR, MDB_NOLOCK, MDB_CP_COMPACT,
+    MDB_REVERSEKEY, MDB_DUPSORT, MDB_INTEGERKEY, MDB_DUPFIXED, MDB_INTEGERDUP, MDB_REVERSEDUP,
+    MDB_NOTFOUND, MDB_INCOMPATIBLE, MDB_INVALID, MDB_CORRUPTED, MDB_PAGE_NOTFOUND,
+    MDB_VERSION_MISMATCH, MDB_PANIC, MDB_READERS_FULL,
+    mdb_version, mdb_strerror,
+    mdb_env_create, mdb_env_open, mdb_env_close, mdb_env_set_maxdbs, mdb_env_copyfd2,
+    mdb_env_stat, mdb_env_info, mdb_env_get_fd, mdb_reader_list,
+    mdb_txn_begin, mdb_txn_abort, mdb_txn_id,
+    mdb_dbi_open, mdb_dbi_flags, mdb_stat,
+    mdb_cursor_open, mdb_cursor_close, mdb_cursor_get,
 )
+from cunistd cimport SEEK_SET, close as c_close
+from cfcntl cimport O_RDONLY, O_CLOEXEC, F_GETLK, F_WRLCK, F_UNLCK, flock, fcntl, open as c_open
+from cstat cimport stat, fstat
 
 
 class LmdbError(Exception):

@@ -41,9 +41,24 @@ from cpython.exc cimport PyErr_CheckSignals
 from libc.errno cimport errno
 from posix.time cimport clock_gettime, timespec as c_timespec, CLOCK_MONOTONIC
 
-from clmdb cimport *
-from sysio cimport fstat, stat, sync_file_range, SYNC_FILE_RANGE_WRITE, mallopt, M_TRIM_THRESHOLD
-from sysio cimport madvise, MADV_DONTNEED
+from clmdb cimport (
+    MDB_env, MDB_txn, MDB_cursor, MDB_dbi, MDB_val, MDB_stat, MDB_envinfo,
+    MDB_FIRST, MDB_NEXT, MDB_NEXT_DUP, MDB_NEXT_NODUP,
+    MDB_RDONLY, MDB_NOTLS, MDB_NOSUBDIR, MDB_NOLOCK, MDB_NOSYNC,
+    MDB_REVERSEKEY, MDB_DUPSORT, MDB_INTEGERKEY, MDB_DUPFIXED, MDB_INTEGERDUP, MDB_REVERSEDUP,
+    MDB_CREATE, MDB_APPEND, MDB_APPENDDUP,
+    MDB_NOTFOUND, MDB_INCOMPATIBLE, MDB_CORRUPTED,
+    mdb_strerror,
+    mdb_env_create, mdb_env_open, mdb_env_close, mdb_env_set_mapsize, mdb_env_set_maxdbs,
+    mdb_env_stat, mdb_env_info, mdb_env_get_fd, mdb_env_sync,
+    mdb_txn_begin, mdb_txn_commit, mdb_txn_abort, mdb_txn_id,
+    mdb_dbi_open, mdb_dbi_flags, mdb_stat,
+    mdb_cursor_open, mdb_cursor_close, mdb_cursor_get, mdb_cursor_put,
+)
+from cfcntl cimport SYNC_FILE_RANGE_WRITE, sync_file_range
+from cstat cimport stat, fstat
+from cmalloc cimport M_TRIM_THRESHOLD, mallopt
+from cmman cimport MADV_DONTNEED, madvise
 
 from synfast.lmdb._lmdb import LmdbError
 

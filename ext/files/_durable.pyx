@@ -12,6 +12,8 @@ from cfcntl cimport (
 from cstdio cimport renameat2
 from clinux_fs cimport RENAME_NOREPLACE, RENAME_EXCHANGE
 
+include "pyos.pxi"
+
 
 def rename_noreplace(src, dst):
     """rename(2) that fails with EEXIST instead of replacing an existing ``dst``."""
@@ -56,13 +58,3 @@ def drop_cache(int fd, long long offset=0, long long length=0):
         rc = posix_fadvise(fd, offset, length, POSIX_FADV_DONTNEED)
     if rc:
         raise OSError(rc, _strerror(rc))
-
-
-cdef bytes _fs(path):
-    import os
-    return os.fsencode(path)
-
-
-cdef str _strerror(int code):
-    import os
-    return os.strerror(code)

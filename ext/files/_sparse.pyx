@@ -22,6 +22,8 @@ from cioctl cimport ioctl
 from cstat cimport stat, fstat
 from cvfs cimport statfs, fstatfs
 
+include "pyos.pxi"
+
 # Modes shared by reflink= and sparse=.
 cdef enum:
     C_NEVER = 0
@@ -567,9 +569,3 @@ def fs_magic(int fd):
     if rc != 0:
         raise OSError(errno, _strerror(errno))
     return <unsigned long>sfs.f_type & 0xFFFFFFFF
-
-
-cdef str _strerror(int code):
-    import os
-    return os.strerror(code)
-

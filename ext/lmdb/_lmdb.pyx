@@ -33,6 +33,8 @@ from cunistd cimport SEEK_SET, close as c_close
 from cfcntl cimport O_RDONLY, O_CLOEXEC, F_GETLK, F_WRLCK, F_UNLCK, flock, fcntl, open as c_open
 from cstat cimport stat, fstat
 
+include "pyos.pxi"
+
 
 class LmdbError(Exception):
     """An LMDB call failed.  Carries the environment's path, LMDB's error code and
@@ -340,11 +342,6 @@ def lock_holder(lock_path):
     it for an environment this process has open.
     """
     return lock_state(lock_path)[1]
-
-
-cdef bytes _fs(path):
-    import os
-    return os.fsencode(path)
 
 
 cdef int _walk_count(MDB_txn *txn, MDB_dbi dbi, size_t *count, size_t *value_bytes) noexcept nogil:

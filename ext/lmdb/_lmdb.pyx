@@ -34,6 +34,7 @@ from cfcntl cimport O_RDONLY, O_CLOEXEC, F_GETLK, F_WRLCK, F_UNLCK, flock, fcntl
 from cstat cimport stat, fstat
 
 include "pyos.pxi"
+include "errors.pxi"
 
 
 class LmdbError(Exception):
@@ -83,10 +84,6 @@ def strerror(int code):
     return mdb_strerror(code).decode("utf-8", "replace")
 
 
-cdef _fail(path, int rc, operation):
-    raise LmdbError(path, rc, mdb_strerror(rc).decode("utf-8", "replace"), operation)
-
-
 cdef class _ReadEnv:
     """An environment opened read-only with its lock file; closed on close() or GC."""
     cdef MDB_env *env
@@ -117,15 +114,15 @@ cdef class _ReadEnv:
         rc = mdb_env_create(&self.env)
         if rc:
             self.env = NULL
-            _fail(path, rc, "create")
+            raise_lmdb(path, rc, "create")
         if maxdbs:
             rc = mdb_env_set_maxdbs(self.env, maxdbs)
             if rc:
-                _fail(path, rc, "set_maxdbs")
+                raise_lmdb(path, rc, "set_maxdbs")
         with nogil:
             rc = mdb_env_open(self.env, cpath, flags, 0o644)
         if rc:
-            _fail(path, rc, "open")
+            raise_lmdb(path, rc, "open")
         return 0
 
     cdef int begin_read(self, MDB_txn **txn, MDB_dbi *main_dbi) except -1:
@@ -136,12 +133,12 @@ cdef class _ReadEnv:
             rc = mdb_txn_begin(self.env, NULL, MDB_RDONLY, txn)
         if rc:
             txn[0] = NULL
-            _fail(self.path, rc, "txn_begin")
+            raise_lmdb(self.path, rc, "txn_begin")
         rc = mdb_dbi_open(txn[0], NULL, 0, main_dbi)
         if rc:
             mdb_txn_abort(txn[0])
             txn[0] = NULL
-            _fail(self.path, rc, "open main database")
+            raise_lmdb(self.path, rc, "open main database")
         return 0
 
     cdef int check_not_truncated(self) except -1:
@@ -153,7 +150,7 @@ cdef class _ReadEnv:
         cdef MDB_stat mst
         cdef int rc = mdb_env_get_fd(self.env, &fd)
         if rc:
-            _fail(self.path, rc, "get_fd")
+            raise_lmdb(self.path, rc, "get_fd")
         mdb_env_info(self.env, &info)
         mdb_env_stat(self.env, &mst)
         if fstat(fd, &st) != 0:
@@ -232,7 +229,7 @@ cdef list _named_databases(path, MDB_txn *txn, MDB_dbi main_dbi):
     cdef bytes name
     rc = mdb_cursor_open(txn, main_dbi, &cur)
     if rc:
-        _fail(path, rc, "cursor_open")
+        raise_lmdb(path, rc, "cursor_open")
     names = []
     rc = mdb_cursor_get(cur, &key, &val, MDB_FIRST)
     while rc == 0:
@@ -240,7 +237,7 @@ cdef list _named_databases(path, MDB_txn *txn, MDB_dbi main_dbi):
         rc = mdb_cursor_get(cur, &key, &val, MDB_NEXT_NODUP)
     mdb_cursor_close(cur)
     if rc != MDB_NOTFOUND:
-        _fail(path, rc, "walk main database")
+        raise_lmdb(path, rc, "walk main database")
     found = []
     for name in names:
         if b"\0" in name:
@@ -249,7 +246,7 @@ cdef list _named_databases(path, MDB_txn *txn, MDB_dbi main_dbi):
         if rc == MDB_INCOMPATIBLE or rc == MDB_NOTFOUND:
             continue          # a plain key of the main database
         if rc:
-            _fail(path, rc, f"open database {name!r}")
+            raise_lmdb(path, rc, f"open database {name!r}")
         try:
             label = name.decode("utf-8")
         except UnicodeDecodeError:
@@ -316,7 +313,7 @@ def env_copy(path, int fd, bint subdir=True, bint compact=True):
     with nogil:
         rc = mdb_env_copyfd2(e.env, fd, flags)
     if rc:
-        _fail(path, rc, "compacting copy" if compact else "copy")
+        raise_lmdb(path, rc, "compacting copy" if compact else "copy")
     mdb_env_info(e.env, &after)
     if fstat(fd, &out) != 0:
         raise OSError(errno, "cannot stat copy")
@@ -406,7 +403,7 @@ def env_walk(path, bint subdir=True, bint nolock=True, bint walk=True):
             with nogil:
                 rc = _walk_count(txn, main_dbi, &n, &vbytes)
             if rc:
-                _fail(path, rc, "walk main database")
+                raise_lmdb(path, rc, "walk main database")
             result["main"] = {"entries": n, "value_bytes": vbytes}
         else:
             mdb_stat(txn, main_dbi, &st)
@@ -416,7 +413,7 @@ def env_walk(path, bint subdir=True, bint nolock=True, bint walk=True):
                 with nogil:
                     rc = _walk_count(txn, dbi, &n, &vbytes)
                 if rc:
-                    _fail(path, rc, f"walk database {label!r}")
+                    raise_lmdb(path, rc, f"walk database {label!r}")
                 result["named"][label] = {"entries": n, "value_bytes": vbytes}
             else:
                 mdb_stat(txn, dbi, &st)

@@ -48,7 +48,6 @@ from clmdb cimport (
     MDB_REVERSEKEY, MDB_DUPSORT, MDB_INTEGERKEY, MDB_DUPFIXED, MDB_INTEGERDUP, MDB_REVERSEDUP,
     MDB_CREATE, MDB_APPEND, MDB_APPENDDUP,
     MDB_NOTFOUND, MDB_INCOMPATIBLE, MDB_CORRUPTED,
-    mdb_strerror,
     mdb_env_create, mdb_env_open, mdb_env_close, mdb_env_set_mapsize, mdb_env_set_maxdbs,
     mdb_env_stat, mdb_env_info, mdb_env_get_fd, mdb_env_sync,
     mdb_txn_begin, mdb_txn_commit, mdb_txn_abort, mdb_txn_id,
@@ -61,6 +60,8 @@ from cmalloc cimport M_TRIM_THRESHOLD, mallopt
 from cmman cimport MADV_DONTNEED, madvise
 
 from synfast.lmdb._lmdb import LmdbError
+
+include "errors.pxi"
 
 # Database flags that describe a database's order and layout; they are stored
 # in the database record and must be given again when the database is created.
@@ -411,14 +412,14 @@ cdef class Snapshot:
         rc = mdb_env_create(&self.env)
         if rc:
             self.env = NULL
-            self._raise(rc, "create")
+            raise_lmdb(self.path, rc, "create")
         rc = mdb_env_set_maxdbs(self.env, maxdbs)
         if rc:
-            self._raise(rc, "set_maxdbs")
+            raise_lmdb(self.path, rc, "set_maxdbs")
         with nogil:
             rc = mdb_env_open(self.env, cpath, flags, 0o644)
         if rc:
-            self._raise(rc, "open")
+            raise_lmdb(self.path, rc, "open")
         if begin:
             self.begin()
 
@@ -432,9 +433,6 @@ cdef class Snapshot:
         if self.env != NULL:
             mdb_env_close(self.env)
             self.env = NULL
-
-    cdef _raise(self, int rc, operation):
-        raise LmdbError(self.path, rc, mdb_strerror(rc).decode("utf-8", "replace"), operation)
 
     cdef int _begun(self) except -1:
         """Record the snapshot's facts once its transaction exists, and refuse a
@@ -453,7 +451,7 @@ cdef class Snapshot:
         self.last_pgno = info.me_last_pgno
         rc = mdb_env_get_fd(self.env, &fd)
         if rc:
-            self._raise(rc, "get_fd")
+            raise_lmdb(self.path, rc, "get_fd")
         if fstat(fd, &fst) != 0:
             raise OSError(errno, "cannot stat data file", self.path)
         need = (info.me_last_pgno + 1) * <long long>st.ms_psize
@@ -478,7 +476,7 @@ cdef class Snapshot:
             rc = mdb_txn_begin(self.env, NULL, MDB_RDONLY, &self.txn)
         if rc:
             self.txn = NULL
-            self._raise(rc, "txn_begin")
+            raise_lmdb(self.path, rc, "txn_begin")
         self._begun()
         return self.txnid
 
@@ -536,11 +534,11 @@ cdef class Snapshot:
         try:
             rc = mdb_dbi_open(self.txn, NULL, 0, &j.src_main)
             if rc:
-                self._raise(rc, "open main database")
+                raise_lmdb(self.path, rc, "open main database")
             with nogil:
                 rc = _find_named(&j)
             if rc:
-                self._raise(rc, j.op.decode())
+                raise_lmdb(self.path, rc, j.op.decode())
             main = _dbstat(self.txn, j.src_main, sample, self.page_size)
             named = {}
             for i in range(j.n_named):
@@ -613,13 +611,13 @@ cdef class Snapshot:
         try:
             rc = mdb_dbi_open(self.txn, NULL, 0, &j.src_main)
             if rc:
-                self._raise(rc, "open main database")
+                raise_lmdb(self.path, rc, "open main database")
             mdb_dbi_flags(self.txn, j.src_main, &mflags)
             j.main_flags = mflags & DB_LAYOUT_FLAGS
             with nogil:
                 rc = _find_named(&j)
             if rc:
-                self._raise(rc, j.op.decode())
+                raise_lmdb(self.path, rc, j.op.decode())
 
             # Create the output's place exclusively: it must not exist yet.
             if subdir:
@@ -631,22 +629,22 @@ cdef class Snapshot:
             rc = mdb_env_create(&dst)
             if rc:
                 dst = NULL
-                _raise_dst(dst_path, rc, "create")
+                raise_lmdb(dst_path, rc, "create")
             rc = mdb_env_set_mapsize(dst, self.map_size)
             if rc:
-                _raise_dst(dst_path, rc, "set_mapsize")
+                raise_lmdb(dst_path, rc, "set_mapsize")
             rc = mdb_env_set_maxdbs(dst, <MDB_dbi>(j.n_named + 2))
             if rc:
-                _raise_dst(dst_path, rc, "set_maxdbs")
+                raise_lmdb(dst_path, rc, "set_maxdbs")
             with nogil:
                 rc = mdb_env_open(dst, cdst, oflags, 0o644)
             if rc:
-                _raise_dst(dst_path, rc, "open")
+                raise_lmdb(dst_path, rc, "open")
             j.dst_env = dst
             if writeback:
                 rc = mdb_env_get_fd(dst, &dfd)
                 if rc:
-                    _raise_dst(dst_path, rc, "get_fd")
+                    raise_lmdb(dst_path, rc, "get_fd")
                 j.writeback_fd = dfd
             if trim_threshold < 0:
                 trim_threshold = (1 << 30) if txn_bytes > (400 << 20) else <int>(
@@ -672,11 +670,11 @@ cdef class Snapshot:
                     where = f" (database {name.decode('utf-8', 'backslashreplace')!r})"
                 op = j.op.decode() + where
                 if j.side == SIDE_SRC:
-                    self._raise(rc, op)
-                _raise_dst(dst_path, rc, op)
+                    raise_lmdb(self.path, rc, op)
+                raise_lmdb(dst_path, rc, op)
             rc = mdb_env_get_fd(dst, &dfd)
             if rc:
-                _raise_dst(dst_path, rc, "get_fd")
+                raise_lmdb(dst_path, rc, "get_fd")
             if fstat(dfd, &fst) != 0:
                 raise OSError(errno, "cannot stat output", dst_path)
             return {
@@ -699,10 +697,6 @@ cdef class Snapshot:
             # The output's dbi handles were closed with it; the source's named
             # dbi handles stay open in this snapshot (cheap, reused by a later call).
             _job_free(&j)
-
-
-cdef _raise_dst(path, int rc, operation):
-    raise LmdbError(path, rc, mdb_strerror(rc).decode("utf-8", "replace"), operation)
 
 
 cdef void _job_init(Job *j) noexcept nogil:
@@ -866,7 +860,7 @@ def begin_all(snapshots):
             for i in range(failed):
                 mdb_txn_abort(txns[i])
             s = snaps[failed]
-            s._raise(rc, "txn_begin")
+            raise_lmdb(s.path, rc, "txn_begin")
         for i in range(n):
             s = snaps[i]
             s.txn = txns[i]

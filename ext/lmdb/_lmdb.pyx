@@ -35,6 +35,7 @@ from cstat cimport stat, fstat
 
 include "pyos.pxi"
 include "errors.pxi"
+include "dbstats.pxi"
 
 
 class LmdbError(Exception):
@@ -255,16 +256,15 @@ cdef list _named_databases(path, MDB_txn *txn, MDB_dbi main_dbi):
     return found
 
 
-cdef dict _dbstat(MDB_txn *txn, MDB_dbi dbi):
-    cdef MDB_stat st
-    cdef unsigned int flags = 0
-    mdb_stat(txn, dbi, &st)
-    mdb_dbi_flags(txn, dbi, &flags)
+cdef dict _db_summary(dict st):
+    """env_databases' view of one database's _dbstat (dbstats.pxi): the names of
+    its flags (DB_FLAGS are all layout flags, so none is masked away), entries,
+    depth and pages of every kind."""
     return {
-        "flags": [name for name, bit in DB_FLAGS.items() if flags & bit],
-        "entries": st.ms_entries,
-        "depth": st.ms_depth,
-        "pages": st.ms_branch_pages + st.ms_leaf_pages + st.ms_overflow_pages,
+        "flags": [name for name, bit in DB_FLAGS.items() if st["flags"] & bit],
+        "entries": st["entries"],
+        "depth": st["depth"],
+        "pages": st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"],
     }
 
 
@@ -282,9 +282,10 @@ def env_databases(path, bint subdir=True):
     e.open(path, subdir, 32767)
     e.begin_read(&txn, &main_dbi)
     try:
-        result = {"txnid": mdb_txn_id(txn), "main": _dbstat(txn, main_dbi), "named": {}}
+        result = {"txnid": mdb_txn_id(txn), "main": _db_summary(_dbstat(txn, main_dbi)),
+                  "named": {}}
         for label, dbi in _named_databases(path, txn, main_dbi):
-            result["named"][label] = _dbstat(txn, dbi)
+            result["named"][label] = _db_summary(_dbstat(txn, dbi))
         result["main_plain_keys"] = result["main"]["entries"] - len(result["named"])
         return result
     finally:

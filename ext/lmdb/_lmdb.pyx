@@ -13,20 +13,19 @@ and closing either handle drops the other's locks.
 
 from libc.string cimport memset
 from libc.errno cimport errno
-from posix.types cimport off_t
 
 from clmdb cimport (
     MDB_env, MDB_txn, MDB_cursor, MDB_dbi, MDB_val, MDB_stat, MDB_envinfo,
     MDB_FIRST, MDB_NEXT, MDB_NEXT_NODUP,
-    MDB_RDONLY, MDB_NOTLS, MDB_NOSUBDIR, MDB_NOLOCK, MDB_CP_COMPACT,
+    MDB_RDONLY, MDB_CP_COMPACT,
     MDB_REVERSEKEY, MDB_DUPSORT, MDB_INTEGERKEY, MDB_DUPFIXED, MDB_INTEGERDUP, MDB_REVERSEDUP,
     MDB_NOTFOUND, MDB_INCOMPATIBLE, MDB_INVALID, MDB_CORRUPTED, MDB_PAGE_NOTFOUND,
     MDB_VERSION_MISMATCH, MDB_PANIC, MDB_READERS_FULL,
     mdb_version, mdb_strerror,
-    mdb_env_create, mdb_env_open, mdb_env_close, mdb_env_set_maxdbs, mdb_env_copyfd2,
-    mdb_env_stat, mdb_env_info, mdb_env_get_fd, mdb_reader_list,
+    mdb_env_close, mdb_env_copyfd2,
+    mdb_env_stat, mdb_env_info, mdb_reader_list,
     mdb_txn_begin, mdb_txn_abort, mdb_txn_id,
-    mdb_dbi_open, mdb_dbi_flags, mdb_stat,
+    mdb_dbi_open, mdb_stat,
     mdb_cursor_open, mdb_cursor_close, mdb_cursor_get,
 )
 from cunistd cimport SEEK_SET, close as c_close
@@ -36,6 +35,7 @@ from cstat cimport stat, fstat
 include "pyos.pxi"
 include "errors.pxi"
 include "dbstats.pxi"
+include "readenv.pxi"
 
 
 class LmdbError(Exception):
@@ -101,30 +101,8 @@ cdef class _ReadEnv:
     cdef int open(self, path, bint subdir, unsigned int maxdbs, bint nolock=False) except -1:
         # nolock (MDB_NOLOCK) is only for a private copy no other process
         # writes (a backup); never for a live environment.
-        cdef bytes bpath
-        cdef const char *cpath
-        cdef unsigned int flags = MDB_RDONLY | MDB_NOTLS
-        cdef int rc
         self.path = path
-        bpath = _fs(path)
-        cpath = bpath
-        if not subdir:
-            flags |= MDB_NOSUBDIR
-        if nolock:
-            flags |= MDB_NOLOCK
-        rc = mdb_env_create(&self.env)
-        if rc:
-            self.env = NULL
-            raise_lmdb(path, rc, "create")
-        if maxdbs:
-            rc = mdb_env_set_maxdbs(self.env, maxdbs)
-            if rc:
-                raise_lmdb(path, rc, "set_maxdbs")
-        with nogil:
-            rc = mdb_env_open(self.env, cpath, flags, 0o644)
-        if rc:
-            raise_lmdb(path, rc, "open")
-        return 0
+        return open_read_only(&self.env, path, subdir, maxdbs, nolock)
 
     cdef int begin_read(self, MDB_txn **txn, MDB_dbi *main_dbi) except -1:
         """Begin a read transaction and open the main database in it.  On
@@ -145,25 +123,13 @@ cdef class _ReadEnv:
     cdef int check_not_truncated(self) except -1:
         """Refuse a data file shorter than its meta page says: mapping pages past
         the end of a file would kill the process with SIGBUS, not raise."""
-        cdef int fd
-        cdef stat st
         cdef MDB_envinfo info
         cdef MDB_stat mst
-        cdef int rc = mdb_env_get_fd(self.env, &fd)
-        if rc:
-            raise_lmdb(self.path, rc, "get_fd")
         mdb_env_info(self.env, &info)
         mdb_env_stat(self.env, &mst)
-        if fstat(fd, &st) != 0:
-            raise OSError(errno, "cannot stat data file", self.path)
-        cdef off_t need = <off_t>(info.me_last_pgno + 1) * <off_t>mst.ms_psize
-        if st.st_size < need:
-            raise LmdbError(
-                self.path, MDB_CORRUPTED,
-                f"data file is truncated: {st.st_size} bytes, but its meta page "
-                f"needs {need} ({info.me_last_pgno + 1} pages of {mst.ms_psize})",
-                "check",
-            )
+        err = truncation_error(self.env, self.path, &info, &mst)
+        if err is not None:
+            raise err
         return 0
 
 

@@ -43,15 +43,13 @@ from posix.time cimport clock_gettime, timespec as c_timespec, CLOCK_MONOTONIC
 
 from clmdb cimport (
     MDB_env, MDB_txn, MDB_cursor, MDB_dbi, MDB_val, MDB_stat, MDB_envinfo,
-    MDB_FIRST, MDB_NEXT, MDB_NEXT_DUP, MDB_NEXT_NODUP,
-    MDB_RDONLY, MDB_NOTLS, MDB_NOSUBDIR, MDB_NOLOCK, MDB_NOSYNC,
-    MDB_REVERSEKEY, MDB_DUPSORT, MDB_INTEGERKEY, MDB_DUPFIXED, MDB_INTEGERDUP, MDB_REVERSEDUP,
-    MDB_CREATE, MDB_APPEND, MDB_APPENDDUP,
-    MDB_NOTFOUND, MDB_INCOMPATIBLE, MDB_CORRUPTED,
+    MDB_FIRST, MDB_NEXT_DUP, MDB_NEXT_NODUP,
+    MDB_RDONLY, MDB_NOSUBDIR, MDB_NOLOCK, MDB_NOSYNC,
+    MDB_DUPSORT, MDB_CREATE, MDB_APPEND, MDB_APPENDDUP, MDB_NOTFOUND, MDB_INCOMPATIBLE,
     mdb_env_create, mdb_env_open, mdb_env_close, mdb_env_set_mapsize, mdb_env_set_maxdbs,
     mdb_env_stat, mdb_env_info, mdb_env_get_fd, mdb_env_sync,
     mdb_txn_begin, mdb_txn_commit, mdb_txn_abort, mdb_txn_id,
-    mdb_dbi_open, mdb_dbi_flags, mdb_stat,
+    mdb_dbi_open, mdb_dbi_flags,
     mdb_cursor_open, mdb_cursor_close, mdb_cursor_get, mdb_cursor_put,
 )
 from cfcntl cimport SYNC_FILE_RANGE_WRITE, sync_file_range
@@ -61,8 +59,10 @@ from cmman cimport MADV_DONTNEED, madvise
 
 from synfast.lmdb._lmdb import LmdbError
 
+include "pyos.pxi"
 include "errors.pxi"
 include "dbstats.pxi"
+include "readenv.pxi"
 
 # A named database's record in the main database is a node whose data is an
 # MDB_db struct (LMDB-internal): 4 + 2 + 2 bytes of header fields and five
@@ -394,26 +394,10 @@ cdef class Snapshot:
     def __init__(self, path, bint subdir=True, bint begin=True,
                  unsigned int maxdbs=DEFAULT_MAXDBS):
         import os
-        cdef bytes bpath = os.fsencode(path)
-        cdef const char *cpath = bpath
-        cdef unsigned int flags = MDB_RDONLY | MDB_NOTLS
-        cdef int rc
         self.path = os.fspath(path)
         self.subdir = subdir
         self.maxdbs = maxdbs
-        if not subdir:
-            flags |= MDB_NOSUBDIR
-        rc = mdb_env_create(&self.env)
-        if rc:
-            self.env = NULL
-            raise_lmdb(self.path, rc, "create")
-        rc = mdb_env_set_maxdbs(self.env, maxdbs)
-        if rc:
-            raise_lmdb(self.path, rc, "set_maxdbs")
-        with nogil:
-            rc = mdb_env_open(self.env, cpath, flags, 0o644)
-        if rc:
-            raise_lmdb(self.path, rc, "open")
+        open_read_only(&self.env, self.path, subdir, maxdbs, False)
         if begin:
             self.begin()
 
@@ -434,29 +418,16 @@ cdef class Snapshot:
         of a file kills the process with SIGBUS instead of raising)."""
         cdef MDB_envinfo info
         cdef MDB_stat st
-        cdef int fd
-        cdef stat fst
-        cdef int rc
         self.txnid = mdb_txn_id(self.txn)
         mdb_env_info(self.env, &info)
         mdb_env_stat(self.env, &st)
         self.page_size = st.ms_psize
         self.map_size = info.me_mapsize
         self.last_pgno = info.me_last_pgno
-        rc = mdb_env_get_fd(self.env, &fd)
-        if rc:
-            raise_lmdb(self.path, rc, "get_fd")
-        if fstat(fd, &fst) != 0:
-            raise OSError(errno, "cannot stat data file", self.path)
-        need = (info.me_last_pgno + 1) * <long long>st.ms_psize
-        if fst.st_size < need:
+        err = truncation_error(self.env, self.path, &info, &st)
+        if err is not None:
             self.close()
-            raise LmdbError(
-                self.path, MDB_CORRUPTED,
-                f"data file is truncated: {fst.st_size} bytes, but its meta page "
-                f"needs {need} ({info.me_last_pgno + 1} pages of {st.ms_psize})",
-                "check",
-            )
+            raise err
         return 0
 
     def begin(self):

@@ -251,19 +251,7 @@ cdef class Snapshot:
             subdir = self.subdir
         dst_path = os.fspath(dst_path)
         bdst = os.fsencode(dst_path)
-        if txn_bytes < 1:
-            txn_bytes = 1
-        if txn_entries < 1:
-            txn_entries = 1
-        _job_init(&j)
-        span = _source_map(self.env) if release_bytes else None
-        j.release_bytes = release_bytes
-        if span is not None:
-            j.src_map = <void *><size_t>span[0]
-            j.src_map_len = <size_t>span[1]
-        j.txn_bytes = txn_bytes
-        j.txn_entries = txn_entries
-        j.signal_box = <void *>box
+        _job_setup(&j, self.env, txn_bytes, txn_entries, release_bytes, box)
         try:
             self._find_databases(&j)
             _open_output(&dst, dst_path, bdst, subdir, self.map_size, j.n_named)
@@ -273,7 +261,7 @@ cdef class Snapshot:
                 if rc:
                     raise_lmdb(dst_path, rc, "get_fd")
                 j.writeback_fd = dfd
-            _keep_freed_heap(trim_threshold, txn_bytes)
+            _keep_freed_heap(trim_threshold, j.txn_bytes)
             with nogil:
                 rc = _rebuild(&j)
             if box:

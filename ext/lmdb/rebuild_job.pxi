@@ -128,6 +128,24 @@ cdef void _job_free(Job *j) noexcept nogil:
     j.cap_named = 0
 
 
+cdef int _job_setup(Job *j, MDB_env *src_env, size_t txn_bytes, size_t txn_entries,
+                    size_t release_bytes, list box) except -1:
+    """Initialise ``j`` for Snapshot.rebuild: write transactions of at most
+    ``txn_bytes`` bytes or ``txn_entries`` entries (at least 1 each); the
+    source's map released after every ``release_bytes`` read (0: never); and
+    ``box``, the list an interrupt's exception lands in."""
+    _job_init(j)
+    span = _source_map(src_env) if release_bytes else None
+    j.release_bytes = release_bytes
+    if span is not None:
+        j.src_map = <void *><size_t>span[0]
+        j.src_map_len = <size_t>span[1]
+    j.txn_bytes = txn_bytes if txn_bytes >= 1 else 1
+    j.txn_entries = txn_entries if txn_entries >= 1 else 1
+    j.signal_box = <void *>box
+    return 0
+
+
 cdef double _now() noexcept nogil:
     cdef c_timespec ts
     clock_gettime(CLOCK_MONOTONIC, &ts)

@@ -55,9 +55,11 @@ def extensions() -> list[Extension]:
         Extension("synfast.backup._hash", ["ext/backup/_hash.pyx"],
                   depends=["ext/backup/blake2b4.h"], **common),
     ]
+    # ext/includes: C declarations, one .pxd per C header (cimported);
+    # ext/common: code that extensions of several packages share (.pxi, included).
     return cythonize(
         exts,
-        include_path=["ext/includes"],
+        include_path=["ext/includes", "ext/common"],
         language_level=3,
         compiler_directives={"boundscheck": False, "wraparound": False, "cdivision": True},
     )

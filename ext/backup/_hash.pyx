@@ -16,7 +16,8 @@ from libc.string cimport memcpy, memmove, memset, memcmp
 from libc.errno cimport errno
 from posix.types cimport off_t
 
-from sysio cimport pread, EINTR, EIO
+from cerrno cimport EINTR, EIO
+from cunistd cimport pread
 
 cdef extern from "blake2b4.h" nogil:
     void sf_b2_init(uint64_t *h, unsigned outlen)

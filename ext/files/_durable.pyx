@@ -6,10 +6,13 @@ the GIL released."""
 
 from libc.errno cimport errno
 
-from sysio cimport (
-    AT_FDCWD, RENAME_NOREPLACE, RENAME_EXCHANGE, POSIX_FADV_DONTNEED,
-    SYNC_FILE_RANGE_WRITE, renameat2, posix_fadvise, sync_file_range,
+from cfcntl cimport (
+    AT_FDCWD, POSIX_FADV_DONTNEED, SYNC_FILE_RANGE_WRITE, posix_fadvise, sync_file_range,
 )
+from cstdio cimport renameat2
+from clinux_fs cimport RENAME_NOREPLACE, RENAME_EXCHANGE
+
+include "pyos.pxi"
 
 
 def rename_noreplace(src, dst):
@@ -55,13 +58,3 @@ def drop_cache(int fd, long long offset=0, long long length=0):
         rc = posix_fadvise(fd, offset, length, POSIX_FADV_DONTNEED)
     if rc:
         raise OSError(rc, _strerror(rc))
-
-
-cdef bytes _fs(path):
-    import os
-    return os.fsencode(path)
-
-
-cdef str _strerror(int code):
-    import os
-    return os.strerror(code)

@@ -13,13 +13,29 @@ and closing either handle drops the other's locks.
 
 from libc.string cimport memset
 from libc.errno cimport errno
-from posix.types cimport off_t
 
-from clmdb cimport *
-from sysio cimport (
-    fstat, stat, fcntl, flock, F_GETLK, F_WRLCK, F_UNLCK, SEEK_SET,
-    open as c_open, close as c_close, O_RDONLY, O_CLOEXEC,
+from clmdb cimport (
+    MDB_env, MDB_txn, MDB_cursor, MDB_dbi, MDB_val, MDB_stat, MDB_envinfo,
+    MDB_FIRST, MDB_NEXT, MDB_NEXT_NODUP,
+    MDB_RDONLY, MDB_CP_COMPACT,
+    MDB_REVERSEKEY, MDB_DUPSORT, MDB_INTEGERKEY, MDB_DUPFIXED, MDB_INTEGERDUP, MDB_REVERSEDUP,
+    MDB_NOTFOUND, MDB_INCOMPATIBLE, MDB_INVALID, MDB_CORRUPTED, MDB_PAGE_NOTFOUND,
+    MDB_VERSION_MISMATCH, MDB_PANIC, MDB_READERS_FULL,
+    mdb_version, mdb_strerror,
+    mdb_env_close, mdb_env_copyfd2,
+    mdb_env_stat, mdb_env_info, mdb_reader_list,
+    mdb_txn_begin, mdb_txn_abort, mdb_txn_id,
+    mdb_dbi_open, mdb_stat,
+    mdb_cursor_open, mdb_cursor_close, mdb_cursor_get,
 )
+from cunistd cimport SEEK_SET, close as c_close
+from cfcntl cimport O_RDONLY, O_CLOEXEC, F_GETLK, F_WRLCK, F_UNLCK, flock, fcntl, open as c_open
+from cstat cimport stat, fstat
+
+include "pyos.pxi"
+include "errors.pxi"
+include "dbstats.pxi"
+include "readenv.pxi"
 
 
 class LmdbError(Exception):
@@ -69,10 +85,6 @@ def strerror(int code):
     return mdb_strerror(code).decode("utf-8", "replace")
 
 
-cdef _fail(path, int rc, operation):
-    raise LmdbError(path, rc, mdb_strerror(rc).decode("utf-8", "replace"), operation)
-
-
 cdef class _ReadEnv:
     """An environment opened read-only with its lock file; closed on close() or GC."""
     cdef MDB_env *env
@@ -89,30 +101,8 @@ cdef class _ReadEnv:
     cdef int open(self, path, bint subdir, unsigned int maxdbs, bint nolock=False) except -1:
         # nolock (MDB_NOLOCK) is only for a private copy no other process
         # writes (a backup); never for a live environment.
-        cdef bytes bpath
-        cdef const char *cpath
-        cdef unsigned int flags = MDB_RDONLY | MDB_NOTLS
-        cdef int rc
         self.path = path
-        bpath = _fs(path)
-        cpath = bpath
-        if not subdir:
-            flags |= MDB_NOSUBDIR
-        if nolock:
-            flags |= MDB_NOLOCK
-        rc = mdb_env_create(&self.env)
-        if rc:
-            self.env = NULL
-            _fail(path, rc, "create")
-        if maxdbs:
-            rc = mdb_env_set_maxdbs(self.env, maxdbs)
-            if rc:
-                _fail(path, rc, "set_maxdbs")
-        with nogil:
-            rc = mdb_env_open(self.env, cpath, flags, 0o644)
-        if rc:
-            _fail(path, rc, "open")
-        return 0
+        return open_read_only(&self.env, path, subdir, maxdbs, nolock)
 
     cdef int begin_read(self, MDB_txn **txn, MDB_dbi *main_dbi) except -1:
         """Begin a read transaction and open the main database in it.  On
@@ -122,36 +112,24 @@ cdef class _ReadEnv:
             rc = mdb_txn_begin(self.env, NULL, MDB_RDONLY, txn)
         if rc:
             txn[0] = NULL
-            _fail(self.path, rc, "txn_begin")
+            raise_lmdb(self.path, rc, "txn_begin")
         rc = mdb_dbi_open(txn[0], NULL, 0, main_dbi)
         if rc:
             mdb_txn_abort(txn[0])
             txn[0] = NULL
-            _fail(self.path, rc, "open main database")
+            raise_lmdb(self.path, rc, "open main database")
         return 0
 
     cdef int check_not_truncated(self) except -1:
         """Refuse a data file shorter than its meta page says: mapping pages past
         the end of a file would kill the process with SIGBUS, not raise."""
-        cdef int fd
-        cdef stat st
         cdef MDB_envinfo info
         cdef MDB_stat mst
-        cdef int rc = mdb_env_get_fd(self.env, &fd)
-        if rc:
-            _fail(self.path, rc, "get_fd")
         mdb_env_info(self.env, &info)
         mdb_env_stat(self.env, &mst)
-        if fstat(fd, &st) != 0:
-            raise OSError(errno, "cannot stat data file", self.path)
-        cdef off_t need = <off_t>(info.me_last_pgno + 1) * <off_t>mst.ms_psize
-        if st.st_size < need:
-            raise LmdbError(
-                self.path, MDB_CORRUPTED,
-                f"data file is truncated: {st.st_size} bytes, but its meta page "
-                f"needs {need} ({info.me_last_pgno + 1} pages of {mst.ms_psize})",
-                "check",
-            )
+        err = truncation_error(self.env, self.path, &info, &mst)
+        if err is not None:
+            raise err
         return 0
 
 
@@ -218,7 +196,7 @@ cdef list _named_databases(path, MDB_txn *txn, MDB_dbi main_dbi):
     cdef bytes name
     rc = mdb_cursor_open(txn, main_dbi, &cur)
     if rc:
-        _fail(path, rc, "cursor_open")
+        raise_lmdb(path, rc, "cursor_open")
     names = []
     rc = mdb_cursor_get(cur, &key, &val, MDB_FIRST)
     while rc == 0:
@@ -226,7 +204,7 @@ cdef list _named_databases(path, MDB_txn *txn, MDB_dbi main_dbi):
         rc = mdb_cursor_get(cur, &key, &val, MDB_NEXT_NODUP)
     mdb_cursor_close(cur)
     if rc != MDB_NOTFOUND:
-        _fail(path, rc, "walk main database")
+        raise_lmdb(path, rc, "walk main database")
     found = []
     for name in names:
         if b"\0" in name:
@@ -235,7 +213,7 @@ cdef list _named_databases(path, MDB_txn *txn, MDB_dbi main_dbi):
         if rc == MDB_INCOMPATIBLE or rc == MDB_NOTFOUND:
             continue          # a plain key of the main database
         if rc:
-            _fail(path, rc, f"open database {name!r}")
+            raise_lmdb(path, rc, f"open database {name!r}")
         try:
             label = name.decode("utf-8")
         except UnicodeDecodeError:
@@ -244,16 +222,15 @@ cdef list _named_databases(path, MDB_txn *txn, MDB_dbi main_dbi):
     return found
 
 
-cdef dict _dbstat(MDB_txn *txn, MDB_dbi dbi):
-    cdef MDB_stat st
-    cdef unsigned int flags = 0
-    mdb_stat(txn, dbi, &st)
-    mdb_dbi_flags(txn, dbi, &flags)
+cdef dict _db_summary(dict st):
+    """env_databases' view of one database's _dbstat (dbstats.pxi): the names of
+    its flags (DB_FLAGS are all layout flags, so none is masked away), entries,
+    depth and pages of every kind."""
     return {
-        "flags": [name for name, bit in DB_FLAGS.items() if flags & bit],
-        "entries": st.ms_entries,
-        "depth": st.ms_depth,
-        "pages": st.ms_branch_pages + st.ms_leaf_pages + st.ms_overflow_pages,
+        "flags": [name for name, bit in DB_FLAGS.items() if st["flags"] & bit],
+        "entries": st["entries"],
+        "depth": st["depth"],
+        "pages": st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"],
     }
 
 
@@ -271,9 +248,10 @@ def env_databases(path, bint subdir=True):
     e.open(path, subdir, 32767)
     e.begin_read(&txn, &main_dbi)
     try:
-        result = {"txnid": mdb_txn_id(txn), "main": _dbstat(txn, main_dbi), "named": {}}
+        result = {"txnid": mdb_txn_id(txn), "main": _db_summary(_dbstat(txn, main_dbi)),
+                  "named": {}}
         for label, dbi in _named_databases(path, txn, main_dbi):
-            result["named"][label] = _dbstat(txn, dbi)
+            result["named"][label] = _db_summary(_dbstat(txn, dbi))
         result["main_plain_keys"] = result["main"]["entries"] - len(result["named"])
         return result
     finally:
@@ -302,7 +280,7 @@ def env_copy(path, int fd, bint subdir=True, bint compact=True):
     with nogil:
         rc = mdb_env_copyfd2(e.env, fd, flags)
     if rc:
-        _fail(path, rc, "compacting copy" if compact else "copy")
+        raise_lmdb(path, rc, "compacting copy" if compact else "copy")
     mdb_env_info(e.env, &after)
     if fstat(fd, &out) != 0:
         raise OSError(errno, "cannot stat copy")
@@ -328,11 +306,6 @@ def lock_holder(lock_path):
     it for an environment this process has open.
     """
     return lock_state(lock_path)[1]
-
-
-cdef bytes _fs(path):
-    import os
-    return os.fsencode(path)
 
 
 cdef int _walk_count(MDB_txn *txn, MDB_dbi dbi, size_t *count, size_t *value_bytes) noexcept nogil:
@@ -397,7 +370,7 @@ def env_walk(path, bint subdir=True, bint nolock=True, bint walk=True):
             with nogil:
                 rc = _walk_count(txn, main_dbi, &n, &vbytes)
             if rc:
-                _fail(path, rc, "walk main database")
+                raise_lmdb(path, rc, "walk main database")
             result["main"] = {"entries": n, "value_bytes": vbytes}
         else:
             mdb_stat(txn, main_dbi, &st)
@@ -407,7 +380,7 @@ def env_walk(path, bint subdir=True, bint nolock=True, bint walk=True):
                 with nogil:
                     rc = _walk_count(txn, dbi, &n, &vbytes)
                 if rc:
-                    _fail(path, rc, f"walk database {label!r}")
+                    raise_lmdb(path, rc, f"walk database {label!r}")
                 result["named"][label] = {"entries": n, "value_bytes": vbytes}
             else:
                 mdb_stat(txn, dbi, &st)

@@ -1,7 +1,7 @@
 # cython: language_level=3
 """Segment digests of synfast's canonical file checksum, four segments at a time.
 
-The checksum (``blake2b-256-sparse-v2``, defined in ``synfast.backup.manifest``) hashes
+The checksum (``blake2b-256-sparse-v2``, defined in ``synfast.backup.checksum``) hashes
 each 64 MiB segment of a file on its own.  Here one thread hashes four segments
 side by side: each lane reads its segment's data blocks with pread straight
 into its own buffer, in the canonical form (``D`` + block, ``Z`` + length of a
@@ -27,7 +27,7 @@ cdef extern from "blake2b4.h" nogil:
     int sf_b2_have_avx2()
 
 cdef enum:
-    # The canonical form's block (must match synfast.backup.manifest.BLOCK).
+    # The canonical form's block (must match synfast.backup.checksum.BLOCK).
     BLOCK = 65536
     # A lane's buffer: a few blocks between refills.  Small on purpose: the
     # four lanes' buffers (1 MiB) stay in the CPU's caches between pread

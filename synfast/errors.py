@@ -31,6 +31,13 @@ class SynfastError(Exception):
         return text
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what systemd and Kubernetes send), raised in the main thread where
+    Ctrl-C raises ``KeyboardInterrupt``, so that everything that cleans up after
+    Ctrl-C cleans up after SIGTERM too.  The command line installs the handler
+    that raises it; a program that embeds the API keeps its own signal policy."""
+
+
 class UsageError(SynfastError):
     """The arguments cannot work together; exit code 2 like other usage errors."""
 

@@ -11,10 +11,11 @@ the executors of :func:`executor`, and around libraries that start threads of
 their own).  The kernel then always delivers those signals to the main thread.
 
 Cancellation lives here too.  :func:`run_all` runs items on a pool; when the
-main thread is interrupted (``KeyboardInterrupt``, or :class:`Terminated` for
-SIGTERM) or an item fails, it sets the run's :class:`Cancel`, and workers that
-check it (between items, between chunks of a paced copy, inside a test hook's
-pause) stop with :class:`Cancelled` instead of finishing work nobody wants.
+main thread is interrupted (``KeyboardInterrupt``, or
+:class:`synfast.errors.Terminated` for SIGTERM) or an item fails, it sets the
+run's :class:`Cancel`, and workers that check it (between items, between chunks
+of a paced copy, inside a test hook's pause) stop with :class:`Cancelled`
+instead of finishing work nobody wants.
 
 ``concurrent.futures`` is imported only when a pool is needed: it brings
 ``logging``, 10 ms of start-up that a one-file copy does not need.
@@ -37,12 +38,6 @@ T = TypeVar("T")
 
 #: The signals that must reach the main thread.
 SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised in the main thread where Ctrl-C would raise
-    ``KeyboardInterrupt``, so that everything that cleans up after Ctrl-C
-    cleans up after SIGTERM too (see :func:`terminate_as_interrupt`)."""
 
 
 class Cancelled(Exception):
@@ -192,15 +187,3 @@ def run_all(fn: Callable[[T], object], items: list[T], workers: int, name: str, 
 
 #: Stands for the batch of serial items in :func:`run_all`'s work list.
 _SERIAL = object()
-
-
-def terminate_as_interrupt() -> None:
-    """Make SIGTERM raise :class:`Terminated` in the main thread, as Ctrl-C
-    raises ``KeyboardInterrupt``: what is being built is removed, and the
-    command line exits 143.  For the command line; a program that embeds the
-    API keeps its own signal policy."""
-
-    def handler(signum: int, _frame: object) -> None:
-        raise Terminated()
-
-    signal.signal(signal.SIGTERM, handler)

@@ -4,8 +4,6 @@ cancellation, and threads that leave SIGINT and SIGTERM to the main thread."""
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 import threading
 import time
 
@@ -96,18 +94,3 @@ def test_a_failure_cancels_the_items_still_running() -> None:
         workers.run_all(fn, [0, 1], 2, "t", cancel=cancel)
     assert stopped == [1] and cancel.is_set()
     assert time.monotonic() - started < 20
-
-
-def test_sigterm_becomes_terminated_in_the_main_thread() -> None:
-    code = ("import os, signal, time\n"
-            "from synfast import workers\n"
-            "workers.terminate_as_interrupt()\n"
-            "t = workers.start_thread(time.sleep, 'sleeper', 30)\n"
-            "try:\n"
-            "    os.kill(os.getpid(), signal.SIGTERM)\n"
-            "    t.join()\n"
-            "except workers.Terminated:\n"
-            "    print('terminated')\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=60)
-    assert out.stdout.strip() == "terminated", out.stderr

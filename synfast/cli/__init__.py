@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     A :class:`~synfast.errors.SynfastError` becomes one line on stderr and its exit
     code; ``--debug`` lets the traceback through instead.  Ctrl-C exits 130 and
     SIGTERM 143, each after whatever was being built is removed (SIGTERM is
-    raised as :class:`synfast.workers.Terminated`, a ``KeyboardInterrupt``).  Run as a program
+    raised as :class:`synfast.errors.Terminated`, a ``KeyboardInterrupt``).  Run as a program
     (``argv`` None), it ends with ``os._exit`` once the output is flushed:
     tearing the interpreter down (every module of Typer and the API) takes
     25 ms that the work is done without.  Every file is closed and every worker
@@ -62,9 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     if argv is not None:
         _run(argv)
         return
-    from synfast.workers import terminate_as_interrupt
-
-    terminate_as_interrupt()
+    _terminate_as_interrupt()
     try:
         _run(sys.argv[1:])
         code = 0
@@ -76,6 +74,20 @@ def main(argv: list[str] | None = None) -> None:
     except OSError:  # a closed pipe: nothing left to say
         code = code or 1
     os._exit(code)
+
+
+def _terminate_as_interrupt() -> None:
+    """SIGTERM raises :class:`~synfast.errors.Terminated` in the main thread, as
+    Ctrl-C raises ``KeyboardInterrupt``: what is being built is removed, and the
+    process exits 143."""
+    import signal
+
+    from synfast.errors import Terminated
+
+    def handler(signum: int, _frame: object) -> None:
+        raise Terminated()
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 def _caused_by(err: BaseException, kind: type[BaseException]) -> bool:
@@ -99,7 +111,7 @@ def _exit_code(code: object) -> int:
 def _run(args: list[str]) -> None:
     from synfast.cli._app import state
     from synfast.errors import SynfastError
-    from synfast.workers import Terminated
+    from synfast.errors import Terminated
 
     try:
         load_commands(args)(args=args, prog_name="synfast")

@@ -29,6 +29,18 @@ def warn(message: str) -> None:
     print(f"synfast: warning: {message}", file=sys.stderr)
 
 
+def fail(where: object, message: str) -> None:
+    """The one error line of a command that reports several problems itself
+    (the rest of its output went to stdout); the caller then exits 1."""
+    print(f"synfast: error: {where}: {message}", file=sys.stderr)
+
+
+def check_line(ok: bool, warning: bool, what: str, detail: str) -> str:
+    """One line of a list of checks: ``ok``, ``warn`` or ``FAIL``, what, detail."""
+    mark = "ok  " if ok and not warning else "warn" if ok else "FAIL"
+    return f"{mark}  {what}: {detail}"
+
+
 def table(headers: list[str], rows: list[list[str]], right: set[int] | None = None) -> str:
     """Plain aligned columns, like ``df`` prints: readable on a terminal, greppable
     in a log, and independent of the terminal's width."""

@@ -67,7 +67,7 @@ def verify_command(
 
     Exits 1 with the reasons when any check fails.
     """
-    from synfast.cli._render import print_json
+    from synfast.cli._render import check_line, fail, print_json
     from synfast.tls.certdir import CertDir
 
     rep = CertDir(certdir).verify(name, kind)
@@ -76,10 +76,9 @@ def verify_command(
                     "checks": [c.as_dict() for c in rep.checks]})
     else:
         for c in rep.checks:
-            mark = "ok  " if c.ok and not c.warning else "warn" if c.ok else "FAIL"
-            typer.echo(f"{mark}  {c.what}: {c.detail}")
+            typer.echo(check_line(c.ok, c.warning, c.what, c.detail))
         typer.echo(f"{rep.kind} {rep.name}: {'OK' if rep.ok else 'FAILED'}")
     if not rep.ok:
         reasons = "; ".join(f"{c.what}: {c.detail}" for c in rep.problems)
-        typer.echo(f"synfast: error: {rep.path}: {reasons}", err=True)
+        fail(rep.path, reasons)
         raise typer.Exit(1)

@@ -42,7 +42,7 @@ def check_command(
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Which certdir files URL would use and whether each is fine; exit 1 on any problem."""
-    from synfast.cli._render import print_json
+    from synfast.cli._render import check_line, fail, print_json
     from synfast.tls.check import check
 
     u, checks = check(url, certdir, listen=listen)
@@ -52,12 +52,11 @@ def check_command(
                     "checks": [c.as_dict() for c in checks]})
     else:
         for c in checks:
-            mark = "ok  " if c.ok and not c.warning else "warn" if c.ok else "FAIL"
-            typer.echo(f"{mark}  {c.what}: {c.detail}")
+            typer.echo(check_line(c.ok, c.warning, c.what, c.detail))
         typer.echo(f"{u}: {'OK' if ok else 'PROBLEMS'}")
     if not ok:
         bad = "; ".join(f"{c.what}: {c.detail}" for c in checks if not c.ok)
-        typer.echo(f"synfast: error: {u}: {bad}", err=True)
+        fail(u, bad)
         raise typer.Exit(1)
 
 
@@ -71,7 +70,7 @@ def probe_command(
 ) -> None:
     """Connect to URL, handshake, and show the peer's chain, TLS version, cipher and the
     verification result. Exit 1 when the connection or verification fails."""
-    from synfast.cli._render import print_json
+    from synfast.cli._render import fail, print_json
     from synfast.tls.probe import probe
 
     res = probe(url, certdir, timeout=timeout)
@@ -90,7 +89,7 @@ def probe_command(
         typer.echo(f"verification: {'ok' if res.verified else 'FAILED'}"
                    + (f" ({res.verify_error})" if res.verify_error else ""))
     if not res.ok:
-        typer.echo(f"synfast: error: {res.url}: {res.error}", err=True)
+        fail(res.url, res.error)
         raise typer.Exit(1)
 
 

@@ -48,6 +48,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if os.fspath(ROOT) not in sys.path:
     sys.path.insert(0, os.fspath(ROOT))
 
+from bench import checks  # noqa: E402
 from bench import contenders as C  # noqa: E402
 from bench import datasets as D  # noqa: E402
 from bench import report as R  # noqa: E402
@@ -200,7 +201,7 @@ def space_needed(c: C.Contender, sizes: dict[str, int]) -> int:
 
 
 def run_once(c: C.Contender, ds: D.Dataset, sizes: dict[str, int], work: Path,
-             verifier: D.Verifier, args: argparse.Namespace) -> dict:
+             verifier: checks.Verifier, args: argparse.Namespace) -> dict:
     """Run contender ``c`` on ``ds`` once, measure it, check its output, clean up."""
     dst = work / f"{ds.name}--{c.name.replace(':', '-')}"
     _remove(dst)
@@ -249,7 +250,7 @@ def run_once(c: C.Contender, ds: D.Dataset, sizes: dict[str, int], work: Path,
     rec["maxrss"] = maxrss if maxrss is not None else ru.ru_maxrss * 1024
     rec["maxrss_source"] = "time(1)" if maxrss is not None else "wait4 (includes parent image)"
     tfile.unlink(missing_ok=True)
-    out_sizes = D.tree_sizes(dst)
+    out_sizes = checks.tree_sizes(dst)
     rec.update(out_apparent=out_sizes["apparent"], out_allocated=out_sizes["allocated"])
     output = logpath.read_text(errors="replace").strip()
     logpath.unlink(missing_ok=True)
@@ -274,7 +275,7 @@ _HAVE_TIME = os.access(GNU_TIME, os.X_OK)
 # ----------------------------------------------------------------- a dataset
 
 def run_dataset(ds: D.Dataset, chosen: list[C.Contender], work: Path,
-                verifier: D.Verifier, args: argparse.Namespace,
+                verifier: checks.Verifier, args: argparse.Namespace,
                 on_round=lambda partial: None) -> dict:
     """Interleaved rounds of every applicable contender on one dataset.
     ``on_round`` gets the results so far after every round, so that a long run
@@ -367,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         "contenders": {c.name: {"note": c.note, "kinds": sorted(c.kinds)} for c in chosen},
         "datasets": {},
     }
-    verifier = D.Verifier(args.cache)
+    verifier = checks.Verifier(args.cache)
     stamp = started.strftime("%Y%m%dT%H%M%SZ")
     with steady_memory(not args.unsteady) as how:
         log(how)
@@ -380,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def run_one_dataset(name: str, doc: dict, chosen: list, work: Path, verifier: D.Verifier,
+def run_one_dataset(name: str, doc: dict, chosen: list, work: Path, verifier: checks.Verifier,
                     args: argparse.Namespace, stamp: str) -> None:
     """Build dataset ``name``, run every contender on it, print and save its table."""
     ds = D.build(name, args.scale, args.cache, log)

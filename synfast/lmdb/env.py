@@ -26,9 +26,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from synfast.errors import NotAnEnvironment, convert_error
+from synfast.errors import convert_error
 from synfast.lmdb import _lmdb
-from synfast.lmdb.meta import META_LEN, EnvLocation, locate, parse_meta
+from synfast.lmdb.meta import META_LEN, EnvLocation, parse_meta, require_location
 
 #: An LMDB call failed (raised by the native layer; word it with convert_error).
 LmdbError = _lmdb.LmdbError
@@ -61,9 +61,7 @@ class EnvInfo:
 
 def environment_info(path: str | os.PathLike[str]) -> EnvInfo:
     """Open the environment read-only (with its lock file) and report on it."""
-    loc = locate(path)
-    if loc is None:
-        raise NotAnEnvironment(path, "is not an LMDB environment (no LMDB meta page)")
+    loc = require_location(path)
     try:
         raw = _lmdb.env_info(os.fspath(loc.path), loc.subdir)
     except (LmdbError, OSError) as err:
@@ -217,9 +215,7 @@ def copy_environment(
 
 def databases(path: str | os.PathLike[str]) -> dict:
     """Entry counts and flags of the main database and every named database."""
-    loc = locate(path)
-    if loc is None:
-        raise NotAnEnvironment(path, "is not an LMDB environment (no LMDB meta page)")
+    loc = require_location(path)
     try:
         return _lmdb.env_databases(os.fspath(loc.path), loc.subdir)
     except (LmdbError, OSError) as err:

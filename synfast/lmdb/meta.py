@@ -151,6 +151,14 @@ def locate(path: str | os.PathLike[str]) -> EnvLocation | None:
     return EnvLocation(p, False)
 
 
+def require_location(path: str | os.PathLike[str]) -> EnvLocation:
+    """:func:`locate`, or an error saying that ``path`` is not an environment."""
+    loc = locate(path)
+    if loc is None:
+        raise NotAnEnvironment(path, "is not an LMDB environment (no LMDB meta page)")
+    return loc
+
+
 def check_environment_dir(path: str | os.PathLike[str]) -> EnvLocation | None:
     """Classify a directory met while walking a tree, raising on a broken store.
 
@@ -171,11 +179,7 @@ def check_environment_dir(path: str | os.PathLike[str]) -> EnvLocation | None:
     if st is not None and stat.S_ISREG(st.st_mode):
         if Path(f"{data}-lock").exists() and not (p / "lock.mdb").exists():
             return None  # data.mdb is a single-file environment of its own
-        try:
-            meta = read_meta(data, strict=True)
-        except OSError as err:
-            raise convert_error(err, data) from err
-        if meta is None:
+        if _strict_meta(data) is None:
             raise CorruptEnvironment(
                 data, "is not an LMDB data file (no LMDB meta page at its start)",
                 "restore it from a backup, or check it with mdb_stat",
@@ -216,11 +220,16 @@ def env_layout(path: str | os.PathLike[str]) -> tuple[Path, bool]:
                            "give an LMDB environment directory or data file")
 
 
-def _require_meta(data: Path) -> None:
+def _strict_meta(data: Path) -> Meta | None:
+    """:func:`read_meta` where a file that cannot be read is an error naming it
+    (an unreadable environment is not a damaged one)."""
     try:
-        found = read_meta(data, strict=True)
+        return read_meta(data, strict=True)
     except OSError as err:
         raise convert_error(err, data) from None
-    if found is None:
+
+
+def _require_meta(data: Path) -> None:
+    if _strict_meta(data) is None:
         raise NotAnEnvironment(data, "not an LMDB data file (no LMDB meta page)",
                                "give an LMDB environment directory or data file")

@@ -19,7 +19,12 @@ demo: install
 test: install
 	$(PY) -m pytest
 
+# Byte-compile as a regular (non-editable) install does, even where
+# PYTHONDONTWRITEBYTECODE is set: every synfast command starts faster.  Run on
+# every install (it skips what is current), so an edited module is not left to
+# be compiled again by every command.
 install: sysdeps $(STAMP)
+	@$(PY) -m compileall -q synfast build/__editable__.* >/dev/null
 
 sysdeps:
 	@bash .ci/sysdeps.sh
@@ -35,9 +40,6 @@ $(PY):
 $(STAMP): $(BUILD_INPUTS) | $(PY)
 	PYTHONWARNINGS="ignore:Editable installation" \
 	    $(PY) -m pip install -q -e '.[test]' --config-settings editable_mode=strict
-	@# Byte-compile as a regular (non-editable) install does, even where
-	@# PYTHONDONTWRITEBYTECODE is set: every synfast command starts faster.
-	$(PY) -m compileall -q synfast build/__editable__.* >/dev/null
 	@touch $@
 
 lint: install

@@ -84,6 +84,9 @@ _HINTS = {
     errno.ENOTDIR: "a component of the path is not a directory",
 }
 
+#: errno values that can only come from the side being written (the destination).
+DESTINATION_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
+
 # LMDB's own return codes (lmdb.h; stable since 0.9) that decide the wording.
 # Errno values that LMDB passes through are positive; its own codes are not.
 MDB_PAGE_NOTFOUND = -30797

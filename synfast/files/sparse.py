@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Literal
 
 from synfast.errors import (
+    DESTINATION_ERRNOS,
     CopyFailed,
     DestinationExists,
     SourceChanged,
@@ -166,10 +167,6 @@ def apply_metadata(target: int | str | os.PathLike[str], st: os.stat_result) -> 
     os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
 
 
-#: errno values that can only come from the destination side of a copy.
-_DEST_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
-
-
 def copy_open_file(
     src_path: Path, src_fd: int, dst_path: Path, dst_fd: int, *, reflink: str = "auto",
     sparse: str = "auto", copy_file_range: str = "auto",
@@ -195,7 +192,7 @@ def copy_open_file(
             raise CopyFailed(dst_path, f"cannot reflink from {src_path}: {err.strerror}",
                              "use --reflink=auto, or copy within one filesystem that "
                              "supports reflinks (XFS, btrfs)") from err
-        side = (display_dst or dst_path) if err.errno in _DEST_ERRNOS else src_path
+        side = (display_dst or dst_path) if err.errno in DESTINATION_ERRNOS else src_path
         raise convert_error(err, side) from err
     if raw["changed"]:
         before = expected.st_size if expected is not None else raw["size"]

@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from synfast.errors import convert_error
+from synfast.errors import DESTINATION_ERRNOS, convert_error
 from synfast.lmdb import _lmdb
 from synfast.lmdb.meta import META_LEN, EnvLocation, parse_meta, require_location
 
@@ -78,9 +78,6 @@ def environment_info(path: str | os.PathLike[str]) -> EnvInfo:
         readers=raw["readers"], entries=raw["entries"], open_by_pid=holder,
     )
 
-DEST_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
-
-
 def destination_errno(code: int | None, out: str | os.PathLike[str]) -> int | None:
     """The errno to report for an LMDB failure while writing ``out``.
 
@@ -89,7 +86,7 @@ def destination_errno(code: int | None, out: str | os.PathLike[str]) -> int | No
     written is reported as ENOSPC, with its fix.  Returns None when the
     failure is not the destination's.
     """
-    if code in DEST_ERRNOS:
+    if code in DESTINATION_ERRNOS:
         return code
     if code == errno.EIO:
         try:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from synfast import workers
 from synfast.backup import manifest
-from synfast.copy.walk import inside
+from synfast.copy.walk import deepest_first, inside
 from synfast.errors import DestinationExists, SourceMissing, SynfastError, UsageError, convert_error
 from synfast.files import durable
 from synfast.files import sparse as files
@@ -143,8 +143,7 @@ def _build(bdir: Path, entries: list[dict], partial: Path, service: Path, *,
             link = partial / e["path"]
             os.symlink(os.readlink(bdir / e["path"]), link)
             files.apply_metadata(link, os.lstat(bdir / e["path"]))
-    for d in sorted(dirs, key=lambda d: d["path"].count("/") + (1 if d["path"] else 0),
-                    reverse=True):
+    for d in deepest_first(dirs, lambda d: d["path"]):
         target = partial / d["path"] if d["path"] else partial
         files.apply_metadata(target, os.lstat(bdir / d["path"] if d["path"] else bdir))
         if fsync:

@@ -19,11 +19,13 @@ import stat
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 from synfast.errors import UnsupportedFileType, convert_error
 from synfast.files.sparse import source_stat
 from synfast.lmdb import meta as lmdbmeta
+
+T = TypeVar("T")
 
 Kind = Literal["dir", "file", "env", "symlink", "special"]
 
@@ -97,10 +99,11 @@ def inside(child: Path, parent: Path) -> bool:
         return False
 
 
-def deepest_first(dirs: Iterable[Entry]) -> list[Entry]:
-    """Directory entries ordered for their metadata to be applied last: deepest
-    first, the root last (creating an entry in a directory changes its mtime)."""
-    return sorted(dirs, key=lambda d: d.rel.count("/") + (1 if d.rel else 0), reverse=True)
+def deepest_first(dirs: Iterable[T], rel: Callable[[T], str] = lambda d: d.rel) -> list[T]:
+    """Directories ordered for their metadata to be applied last: deepest first,
+    the root ("") last (creating an entry in a directory changes its mtime).
+    ``rel`` gives a directory's relative path (plan entries by default)."""
+    return sorted(dirs, key=lambda d: rel(d).count("/") + (1 if rel(d) else 0), reverse=True)
 
 
 def plan(source: str | os.PathLike[str], *, exclude: tuple[str, ...] = ()) -> Plan:

@@ -17,28 +17,24 @@ include "pyos.pxi"
 
 def rename_noreplace(src, dst):
     """rename(2) that fails with EEXIST instead of replacing an existing ``dst``."""
+    _rename(src, dst, RENAME_NOREPLACE)
+
+
+def rename_exchange(a, b):
+    """Atomically swap two existing paths (renameat2 RENAME_EXCHANGE)."""
+    _rename(a, b, RENAME_EXCHANGE)
+
+
+cdef _rename(src, dst, unsigned int flags):
     cdef bytes a = _fs(src)
     cdef bytes b = _fs(dst)
     cdef const char *pa = a
     cdef const char *pb = b
     cdef int rc
     with nogil:
-        rc = renameat2(AT_FDCWD, pa, AT_FDCWD, pb, RENAME_NOREPLACE)
+        rc = renameat2(AT_FDCWD, pa, AT_FDCWD, pb, flags)
     if rc != 0:
         raise OSError(errno, _strerror(errno), src, None, dst)
-
-
-def rename_exchange(a, b):
-    """Atomically swap two existing paths (renameat2 RENAME_EXCHANGE)."""
-    cdef bytes x = _fs(a)
-    cdef bytes y = _fs(b)
-    cdef const char *px = x
-    cdef const char *py = y
-    cdef int rc
-    with nogil:
-        rc = renameat2(AT_FDCWD, px, AT_FDCWD, py, RENAME_EXCHANGE)
-    if rc != 0:
-        raise OSError(errno, _strerror(errno), a, None, b)
 
 
 def start_writeback(int fd):

@@ -98,7 +98,7 @@ cdef int do_copy(int src, int dst, off_t size, int reflink, int sparse, bint all
                  ExtentList *ext, CopyStats *st) except -1 nogil:
     cdef int rc
     cdef Py_ssize_t k
-    cdef off_t start, length, pos, prev_end = 0
+    cdef off_t start, length, prev_end = 0
     cdef bint refused = False
     cdef bint splice_refused = pipe_r < 0 or sparse == C_ALWAYS
     cdef bint use_cfr = allow_cfr and sparse != C_ALWAYS and reflink != C_NEVER
@@ -127,21 +127,10 @@ cdef int do_copy(int src, int dst, off_t size, int reflink, int sparse, bint all
             rc = fill_zeros(dst, prev_end, start, zeros, zsize, st)
             if rc:
                 return rc
-        pos = start
-        if use_cfr and not refused:
-            rc = copy_range_cfr(src, dst, &pos, start + length, st, &refused)
-            if rc:
-                return rc
-        if pos < start + length and not st.short_read and not splice_refused:
-            rc = copy_range_splice(src, dst, &pos, start + length, pipe_r, pipe_w, pipe_size,
-                                   rbuf, rsize, st, &splice_refused)
-            if rc:
-                return rc
-        if pos < start + length and not st.short_read:
-            rc = copy_range_rw(src, dst, &pos, start + length, rbuf, rsize, blk,
-                               sparse == C_ALWAYS, st)
-            if rc:
-                return rc
+        rc = move_extent(src, dst, start, start + length, use_cfr, &refused, &splice_refused,
+                         pipe_r, pipe_w, pipe_size, rbuf, rsize, blk, sparse == C_ALWAYS, st)
+        if rc:
+            return rc
         if st.short_read:
             return 0
         prev_end = start + length
@@ -359,3 +348,6 @@ def fs_magic(int fd):
     if rc != 0:
         raise OSError(errno, _strerror(errno))
     return <unsigned long>sfs.f_type & 0xFFFFFFFF
+
+
+include "ranges.pxi"

@@ -245,3 +245,31 @@ cdef int fill_zeros(int dst, off_t start, off_t end, const char *zeros, size_t b
         start += <off_t>want
         maybe_check_signals(st, want)
     return 0
+
+
+cdef int move_extent(int src, int dst, off_t start, off_t end, bint use_cfr, bint *cfr_refused,
+                     bint *splice_refused, int pipe_r, int pipe_w, size_t pipe_size,
+                     char *rbuf, size_t rsize, size_t blk, bint punch_zeros,
+                     CopyStats *st) except -1 nogil:
+    """Copy the data range [start, end) to the same offsets of dst by the first
+    mover that takes it: copy_file_range (if ``use_cfr`` and not refused
+    before), splice through the pipe (unless refused before), else pread and
+    pwrite.  A mover's refusal is remembered in ``cfr_refused`` /
+    ``splice_refused`` for the next range.  Returns 0 or a positive errno;
+    st.short_read says the source ended early."""
+    cdef off_t pos = start
+    cdef int rc
+    if use_cfr and not cfr_refused[0]:
+        rc = copy_range_cfr(src, dst, &pos, end, st, cfr_refused)
+        if rc:
+            return rc
+    if pos < end and not st.short_read and not splice_refused[0]:
+        rc = copy_range_splice(src, dst, &pos, end, pipe_r, pipe_w, pipe_size,
+                               rbuf, rsize, st, splice_refused)
+        if rc:
+            return rc
+    if pos < end and not st.short_read:
+        rc = copy_range_rw(src, dst, &pos, end, rbuf, rsize, blk, punch_zeros, st)
+        if rc:
+            return rc
+    return 0

@@ -13,6 +13,7 @@ import contextlib
 import errno
 import os
 import stat
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -315,3 +316,53 @@ def copy_file(
             os.unlink(tmp)
         raise
     return FileCopyResult(**{**result.__dict__, "destination": dst_p})
+
+
+#: How :func:`copy_ranges` may share blocks with the source: never, one clone
+#: per range, or one clone of the whole span with the gaps punched out.
+CLONE_MODES = ("never", "ranges", "span")
+
+
+def copy_ranges(src_fd: int, dst_fd: int, ranges: bytes, *, clone: str = "ranges",
+                copy_file_range: bool = True, writeback_every: int = 0) -> dict:
+    """Copy byte ranges of ``src_fd`` to the same offsets of ``dst_fd``, a new
+    file already at its final size, so that everything outside them stays a hole.
+
+    ``ranges`` holds native int64 (offset, length) pairs, sorted and apart.
+    Where both files are on one filesystem that shares blocks the ranges are
+    cloned (``clone``); else the parts of each range inside the source's data
+    extents move by copy_file_range, splice or pread/pwrite, with the
+    destination's writeback started every ``writeback_every`` bytes.  The
+    caller fsyncs.  Returns what was done (``method``, ``bytes_written``,
+    ``bytes_cloned``, ``data_bytes``, ``short_read``...).  OSError passes through.
+    """
+    from synfast.files import _sparse
+
+    return _sparse.copy_ranges(src_fd, dst_fd, ranges, clone=CLONE_MODES.index(clone),
+                               allow_copy_file_range=copy_file_range,
+                               writeback_every=writeback_every)
+
+
+def shares_blocks(src_fd: int, dst_dir: str | os.PathLike[str]) -> bool:
+    """Whether a new file in ``dst_dir`` can share blocks with the open file
+    ``src_fd`` (one filesystem with reflinks: XFS, btrfs), found by cloning the
+    source's first block into an unnamed file there (O_TMPFILE), which
+    vanishes when closed."""
+    from synfast.files import _sparse
+
+    st = os.fstat(src_fd)
+    try:
+        if os.stat(dst_dir).st_dev != st.st_dev or st.st_size < 4096:
+            return False
+        fd = os.open(dst_dir, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return False
+    try:
+        os.ftruncate(fd, 4096)
+        raw = _sparse.copy_ranges(src_fd, fd, struct.pack("=qq", 0, 4096), clone=1,
+                                  allow_copy_file_range=False)
+        return raw["method"] == "reflink"
+    except OSError:
+        return False
+    finally:
+        os.close(fd)

@@ -40,7 +40,7 @@ from libc.stdlib cimport malloc, free
 from libc.errno cimport errno
 
 from clmdb cimport (
-    MDB_env, MDB_txn, MDB_stat, MDB_envinfo, MDB_RDONLY,
+    MDB_env, MDB_txn, MDB_stat, MDB_envinfo, MDB_RDONLY, MDB_BAD_TXN,
     mdb_env_close, mdb_env_stat, mdb_env_info, mdb_env_get_fd,
     mdb_txn_begin, mdb_txn_abort, mdb_txn_id, mdb_dbi_open, mdb_dbi_flags,
 )
@@ -53,6 +53,7 @@ include "errors.pxi"
 include "dbstats.pxi"
 include "readenv.pxi"
 include "rebuild_job.pxi"
+include "pages.pxi"
 
 # Default bounds of one write transaction of the output (see rebuild_job.pxi).
 DEFAULT_TXN_BYTES = DEFAULT_TXN_BYTES_C
@@ -74,10 +75,14 @@ cdef class Snapshot:
     cdef readonly size_t map_size
     cdef readonly size_t last_pgno
     cdef readonly unsigned int maxdbs
+    # The meta page of the transaction's txnid, captured as it began (pages.pxi).
+    cdef unsigned char meta_buf[META_BYTES]
+    cdef int meta_state
 
     def __cinit__(self):
         self.env = NULL
         self.txn = NULL
+        self.meta_state = 0
 
     def __init__(self, path, bint subdir=True, bint begin=True,
                  unsigned int maxdbs=DEFAULT_MAXDBS):
@@ -126,12 +131,59 @@ cdef class Snapshot:
         if self.txn != NULL:
             raise ValueError("snapshot already begun")
         with nogil:
-            rc = mdb_txn_begin(self.env, NULL, MDB_RDONLY, &self.txn)
+            rc = begin_captured(self.env, &self.txn, self.meta_buf, &self.meta_state)
         if rc:
             self.txn = NULL
             raise_lmdb(self.path, rc, "txn_begin")
         self._begun()
         return self.txnid
+
+    @property
+    def meta_captured(self):
+        """Whether the meta page of the snapshot's own transaction was captured
+        as it began (False: the environment committed faster than a
+        transaction could be begun and its meta page read, every time tried)."""
+        return self.meta_state == 1
+
+    def fileno(self):
+        """The data file's descriptor, LMDB's own (valid until close())."""
+        cdef int fd
+        if self.env == NULL:
+            raise ValueError("snapshot is closed")
+        rc = mdb_env_get_fd(self.env, &fd)
+        if rc:
+            raise_lmdb(self.path, rc, "get_fd")
+        return fd
+
+    def page_plan(self, size_t merge_pages=0):
+        """The pages engine's plan for this snapshot: its meta page checked
+        against the snapshot's statistics, its free database read, and the
+        runs of pages in use from page 2 to its last page.
+
+        Returns ``{"txnid", "page_size", "map_size", "last_pgno", "used_pages",
+        "free_pages", "free_records", "dupsort", "ranges", "holes", "meta"}``:
+        ``ranges`` is the (offset, length) byte pairs of the runs as native
+        int64s, a free gap shorter than ``merge_pages`` copied with its
+        neighbours; ``meta`` the captured bytes of the meta page (page header
+        and MDB_meta).  Raises LmdbError (MDB_CORRUPTED) when the meta page or
+        the free database does not match the snapshot.
+        """
+        cdef Job j
+        cdef stat fst
+        self._check_ready()
+        if self.meta_state != 1:
+            raise LmdbError(self.path, MDB_BAD_TXN,
+                            "the environment committed faster than its meta page could "
+                            "be read with a snapshot, in every attempt", "capture meta")
+        if fstat(self.fileno(), &fst) != 0:
+            raise OSError(errno, "cannot stat data file", self.path)
+        _job_init(&j)
+        try:
+            self._find_databases(&j)
+            return plan_pages(self.txn, self.path, self.page_size, self.meta_buf, &j,
+                              merge_pages, fst.st_size)
+        finally:
+            _job_free(&j)
 
     @property
     def begun(self):
@@ -304,12 +356,16 @@ def begin_all(snapshots):
     cdef Py_ssize_t n = len(snaps), i
     cdef MDB_env **envs = <MDB_env **>malloc((n + 1) * sizeof(MDB_env *))
     cdef MDB_txn **txns = <MDB_txn **>malloc((n + 1) * sizeof(MDB_txn *))
+    cdef unsigned char **bufs = <unsigned char **>malloc((n + 1) * sizeof(unsigned char *))
+    cdef int **states = <int **>malloc((n + 1) * sizeof(int *))
     cdef int rc = 0
     cdef Py_ssize_t failed = -1
     cdef Snapshot s
-    if envs == NULL or txns == NULL:
+    if envs == NULL or txns == NULL or bufs == NULL or states == NULL:
         free(envs)
         free(txns)
+        free(bufs)
+        free(states)
         raise MemoryError()
     try:
         for i in range(n):
@@ -320,9 +376,11 @@ def begin_all(snapshots):
                 raise ValueError(f"snapshot of {s.path!r} already begun")
             envs[i] = s.env
             txns[i] = NULL
+            bufs[i] = s.meta_buf
+            states[i] = &s.meta_state
         with nogil:
             for i in range(n):
-                rc = mdb_txn_begin(envs[i], NULL, MDB_RDONLY, &txns[i])
+                rc = begin_captured(envs[i], &txns[i], bufs[i], states[i])
                 if rc:
                     txns[i] = NULL
                     failed = i
@@ -342,3 +400,5 @@ def begin_all(snapshots):
     finally:
         free(envs)
         free(txns)
+        free(bufs)
+        free(states)

@@ -71,6 +71,30 @@ def parse_meta(page: bytes) -> tuple[int, Meta] | None:
     )
 
 
+#: Where the txnid sits in a meta page (16-byte page header, MDB_meta's last field).
+_TXNID_AT = 16 + 128
+
+
+def snapshot_meta_pages(captured: bytes, page_size: int) -> bytes:
+    """Both meta pages of a page-for-page copy of one snapshot.
+
+    ``captured`` is the snapshot's own meta page (page header and MDB_meta, as
+    :meth:`~synfast.lmdb.snapshot.Snapshot.page_plan` returns it).  Its slot
+    (txnid & 1) gets it unchanged; the other slot gets the same roots and last
+    page under the txnid before, so that LMDB, which opens the newer of the
+    two, finds the snapshot, and the copy's first commit overwrites the older.
+    """
+    txnid = struct.unpack_from("<Q", captured, _TXNID_AT)[0]
+    pages = bytearray(2 * page_size)
+    for slot in (0, 1):
+        base = slot * page_size
+        pages[base:base + len(captured)] = captured
+        struct.pack_into("<Q", pages, base, slot)
+        struct.pack_into("<Q", pages, base + _TXNID_AT,
+                         txnid if slot == txnid & 1 else max(txnid - 1, 0))
+    return bytes(pages)
+
+
 def read_meta(path: str | os.PathLike[str], *, strict: bool = False) -> Meta | None:
     """Return the current meta page of an LMDB data file, or None if it is not one.
 

@@ -1,0 +1,321 @@
+# The pages engine's reading of a snapshot (_rebuild.pyx's Snapshot): the meta
+# page of the snapshot's own transaction, captured right after the read
+# transaction begins and proven untorn, and the page plan, the runs of pages in
+# use up to the snapshot's last page, from its free database.  Included
+# textually by _rebuild.pyx only, after rebuild_job.pxi (Job, _find_named).
+#
+# Why the capture is the snapshot's meta (docs/internals.md has the argument):
+# a read transaction with txnid S reads meta slot S & 1, which the writer only
+# writes again when it commits S + 2, and it writes that slot only after commit
+# S + 1 has stored its own txnid in the other slot.  So a copy of slot S & 1
+# that says S, followed (after a full barrier) by a read of the other slot that
+# does not yet say S + 1, was taken before any write to the slot could begin.
+
+from libc.stdint cimport uint64_t, int64_t
+from libc.stdlib cimport malloc, calloc, realloc, free
+from libc.string cimport memset
+from libc.errno cimport errno, EIO, ENOMEM
+from posix.types cimport off_t
+from cunistd cimport pread
+from clmdb cimport (
+    MDB_env, MDB_txn, MDB_cursor, MDB_val, MDB_stat, MDB_FIRST, MDB_NEXT, MDB_RDONLY,
+    MDB_DUPSORT, MDB_NOTFOUND, MDB_CORRUPTED, MDB_INCOMPATIBLE,
+    mdb_stat, mdb_env_stat, mdb_env_get_fd, mdb_txn_begin, mdb_txn_abort, mdb_txn_id,
+    mdb_dbi_flags, mdb_cursor_open, mdb_cursor_close, mdb_cursor_get,
+)
+
+cdef extern from *:
+    void full_barrier "__sync_synchronize"() nogil
+
+# The bytes captured from a meta page: the 16-byte page header and MDB_meta
+# (LMDB 0.9 on a 64-bit host: magic, version, address, map size, the free and
+# main databases' records, last page, txnid).
+cdef enum:
+    META_BYTES = 152
+    MM_MAPSIZE = 16 + 16
+    MM_DBS = 16 + 24
+    MM_LAST_PG = 16 + 120
+    MM_TXNID = 16 + 128
+    DB_REC = 48
+
+# How many times a read transaction is begun again when a commit lands
+# between its beginning and the capture of its meta page (microseconds apart).
+cdef enum:
+    CAPTURE_ATTEMPTS = 1000
+
+cdef inline uint64_t _u64(const unsigned char *p) noexcept nogil:
+    return (<const uint64_t *>p)[0]
+
+
+cdef int capture_meta(MDB_env *env, size_t txnid, unsigned char *buf) noexcept nogil:
+    """Copy meta slot ``txnid & 1`` into ``buf``.  Returns 0 when the copy is
+    the meta of ``txnid`` and provably untorn, 1 when a later commit may have
+    written the slot (begin again), or a positive errno."""
+    cdef MDB_stat st
+    cdef int fd, rc
+    cdef uint64_t other = 0
+    cdef ssize_t n
+    rc = mdb_env_get_fd(env, &fd)
+    if rc:
+        return rc
+    mdb_env_stat(env, &st)
+    n = pread(fd, buf, META_BYTES, <off_t>((txnid & 1) * st.ms_psize))
+    if n < 0:
+        return errno
+    if n != META_BYTES:
+        return EIO
+    full_barrier()
+    n = pread(fd, &other, 8, <off_t>(((txnid + 1) & 1) * st.ms_psize + MM_TXNID))
+    if n < 0:
+        return errno
+    if n != 8:
+        return EIO
+    if _u64(buf + MM_TXNID) != txnid or other > txnid:
+        return 1
+    return 0
+
+
+cdef int begin_captured(MDB_env *env, MDB_txn **txn, unsigned char *buf,
+                        int *state) noexcept nogil:
+    """Begin a read transaction in ``env`` and capture its meta page into
+    ``buf``, beginning again while a commit races the capture.  ``state`` ends
+    1 (captured), -1 (still racing after CAPTURE_ATTEMPTS) or 0 (capture
+    failed; the snapshot stays usable by engines that do not need it).
+    Returns mdb_txn_begin's code."""
+    cdef int rc, k, c
+    state[0] = 0
+    for k in range(CAPTURE_ATTEMPTS):
+        rc = mdb_txn_begin(env, NULL, MDB_RDONLY, txn)
+        if rc:
+            txn[0] = NULL
+            return rc
+        c = capture_meta(env, mdb_txn_id(txn[0]), buf)
+        if c == 0:
+            state[0] = 1
+            return 0
+        if c != 1:
+            return 0
+        if k + 1 < CAPTURE_ATTEMPTS:
+            mdb_txn_abort(txn[0])
+    state[0] = -1
+    return 0
+
+
+cdef struct FreeList:
+    uint64_t *bits      # one bit per page up to the last page: free at the snapshot
+    size_t npages       # last page + 1
+    size_t count        # free pages
+    size_t records      # records of the free database
+
+
+cdef int read_free_db(MDB_txn *txn, FreeList *fl, size_t *bad) noexcept nogil:
+    """Mark every page listed in the snapshot's free database (dbi 0: keys are
+    txn ids, values are page lists: a count, then that many page numbers).
+    Returns an LMDB code, ENOMEM, or -1 for a damaged record (``bad`` holds the
+    offending page number, or the count for a malformed value)."""
+    cdef MDB_cursor *cur = NULL
+    cdef MDB_val key, val
+    cdef int rc
+    cdef size_t i, n, pg
+    cdef const size_t *ids
+    rc = mdb_cursor_open(txn, 0, &cur)
+    if rc:
+        return rc
+    rc = mdb_cursor_get(cur, &key, &val, MDB_FIRST)
+    while rc == 0:
+        fl.records += 1
+        if val.mv_size < sizeof(size_t) or val.mv_size % sizeof(size_t):
+            bad[0] = val.mv_size
+            rc = -1
+            break
+        ids = <const size_t *>val.mv_data
+        n = ids[0]
+        if n != val.mv_size // sizeof(size_t) - 1:
+            bad[0] = n
+            rc = -1
+            break
+        for i in range(1, n + 1):
+            pg = ids[i]
+            if pg < 2 or pg >= fl.npages or (fl.bits[pg >> 6] >> (pg & 63)) & 1:
+                bad[0] = pg
+                rc = -2
+                break
+            fl.bits[pg >> 6] |= (<uint64_t>1) << (pg & 63)
+            fl.count += 1
+        if rc:
+            break
+        rc = mdb_cursor_get(cur, &key, &val, MDB_NEXT)
+    mdb_cursor_close(cur)
+    return 0 if rc == MDB_NOTFOUND else rc
+
+
+cdef inline bint _free(const FreeList *fl, size_t pg) noexcept nogil:
+    return (fl.bits[pg >> 6] >> (pg & 63)) & 1
+
+
+cdef int used_runs(const FreeList *fl, size_t psize, size_t merge, int64_t **out,
+                   size_t *nout, size_t *gaps) noexcept nogil:
+    """The runs of pages in use from page 2 to the last page, as (offset,
+    length) byte pairs; a free gap shorter than ``merge`` pages between two
+    runs is copied with them.  ``gaps`` counts the free gaps left as holes."""
+    cdef size_t pg = 2, start, end, cap = 1024, n = 0
+    cdef int64_t *v = <int64_t *>malloc(cap * 2 * sizeof(int64_t))
+    cdef int64_t *nv
+    if v == NULL:
+        return ENOMEM
+    gaps[0] = 0
+    while pg < fl.npages:
+        while pg < fl.npages and _free(fl, pg):
+            if (pg & 63) == 0 and fl.bits[pg >> 6] == <uint64_t>-1 and pg + 64 <= fl.npages:
+                pg += 64
+            else:
+                pg += 1
+        if pg >= fl.npages:
+            break
+        start = pg
+        while pg < fl.npages and not _free(fl, pg):
+            if (pg & 63) == 0 and fl.bits[pg >> 6] == 0 and pg + 64 <= fl.npages:
+                pg += 64
+            else:
+                pg += 1
+        end = pg
+        if n and <size_t>(start * psize - <size_t>(v[2 * n - 2] + v[2 * n - 1])) < merge * psize:
+            v[2 * n - 1] = <int64_t>(end * psize) - v[2 * n - 2]
+            continue
+        if n:
+            gaps[0] += 1
+        if n == cap:
+            cap *= 2
+            nv = <int64_t *>realloc(v, cap * 2 * sizeof(int64_t))
+            if nv == NULL:
+                free(v)
+                return ENOMEM
+            v = nv
+        v[2 * n] = <int64_t>(start * psize)
+        v[2 * n + 1] = <int64_t>((end - start) * psize)
+        n += 1
+    out[0] = v
+    nout[0] = n
+    return 0
+
+
+cdef str _db_mismatch(const unsigned char *rec, MDB_stat *st, int flags):
+    """What differs between a captured database record and the snapshot's own
+    statistics of that database, or None.  ``flags`` -1 skips the flags (the
+    free database's record holds LMDB's own, which mdb_dbi_flags does not
+    report)."""
+    cdef unsigned int rflags = (<const unsigned short *>(rec + 4))[0]
+    cdef unsigned int depth = (<const unsigned short *>(rec + 6))[0]
+    cdef uint64_t root = _u64(rec + 40)
+    if depth != st.ms_depth:
+        return f"depth {depth}, not {st.ms_depth}"
+    if (_u64(rec + 8) != st.ms_branch_pages or _u64(rec + 16) != st.ms_leaf_pages
+            or _u64(rec + 24) != st.ms_overflow_pages):
+        return "page counts"
+    if _u64(rec + 32) != st.ms_entries:
+        return f"{_u64(rec + 32)} entries, not {st.ms_entries}"
+    if flags >= 0 and rflags != <unsigned int>flags:
+        return f"flags {rflags:#x}, not {flags:#x}"
+    if (depth == 0) != (root == <uint64_t>-1):
+        return f"root page {root} at depth {depth}"
+    return None
+
+
+cdef dict plan_pages(MDB_txn *txn, path, unsigned int page_size, const unsigned char *meta,
+                     Job *j, size_t merge, off_t file_size):
+    """Check the captured meta page against the snapshot, read its free
+    database, and return the page plan (see Snapshot.page_plan).  ``j`` holds
+    the snapshot's named databases (Snapshot._find_databases)."""
+    cdef MDB_stat st
+    cdef unsigned int flags = 0, psize = (<const unsigned int *>(meta + MM_DBS))[0]
+    cdef uint64_t last_pg = _u64(meta + MM_LAST_PG)
+    cdef uint64_t txnid = _u64(meta + MM_TXNID)
+    cdef uint64_t root
+    cdef size_t used = 0, bad = 0, i, nruns = 0, gaps = 0
+    cdef bint dupsort = False
+    cdef FreeList fl
+    cdef int64_t *runs = NULL
+    cdef int rc
+    cdef int d
+    if psize != page_size or psize < 512 or psize > 65536 or psize & (psize - 1):
+        raise LmdbError(path, MDB_INCOMPATIBLE,
+                        f"page size {psize} in the meta page of txn {txnid} "
+                        f"(LMDB opened it with {page_size}) is not one the pages engine "
+                        f"copies", "check meta")
+    if last_pg < 1 or (last_pg + 1) * psize > <uint64_t>file_size:
+        raise LmdbError(path, MDB_CORRUPTED,
+                        f"the meta page of txn {txnid} says {last_pg + 1} pages of {psize} "
+                        f"bytes, but the data file holds {file_size} bytes", "check meta")
+    for d in range(2):
+        rc = mdb_stat(txn, d, &st)
+        if rc:
+            raise_lmdb(path, rc, "stat")
+        mdb_dbi_flags(txn, d, &flags)
+        problem = _db_mismatch(meta + MM_DBS + d * DB_REC, &st, <int>(flags & 0xffff) if d else -1)
+        if problem is not None:
+            raise LmdbError(path, MDB_CORRUPTED,
+                            f"the meta page of txn {txnid} does not match its snapshot: "
+                            f"{'main' if d else 'free'} database {problem}", "check meta")
+        used += st.ms_branch_pages + st.ms_leaf_pages + st.ms_overflow_pages
+    for i in range(j.n_named):
+        rc = mdb_stat(txn, j.named[i].src, &st)
+        if rc:
+            raise_lmdb(path, rc, "stat")
+        used += st.ms_branch_pages + st.ms_leaf_pages + st.ms_overflow_pages
+        if j.named[i].flags & MDB_DUPSORT:
+            dupsort = True
+    memset(&fl, 0, sizeof(fl))
+    fl.npages = last_pg + 1
+    fl.bits = <uint64_t *>calloc((fl.npages + 63) // 64, sizeof(uint64_t))
+    if fl.bits == NULL:
+        raise MemoryError()
+    try:
+        with nogil:
+            rc = read_free_db(txn, &fl, &bad)
+        if rc == -1:
+            raise LmdbError(path, MDB_CORRUPTED,
+                            f"the free database of txn {txnid} is damaged: a record of "
+                            f"{fl.records} holds a malformed page list ({bad})", "read free pages")
+        if rc == -2:
+            raise LmdbError(path, MDB_CORRUPTED,
+                            f"the free database of txn {txnid} is damaged: it lists page "
+                            f"{bad}, outside pages 2-{last_pg} or twice", "read free pages")
+        if rc:
+            raise_lmdb(path, rc, "read free pages")
+        for d in range(2):
+            root = _u64(meta + MM_DBS + d * DB_REC + 40)
+            if root != <uint64_t>-1 and (root < 2 or root > last_pg or _free(&fl, root)):
+                raise LmdbError(path, MDB_CORRUPTED,
+                                f"the meta page of txn {txnid} has its "
+                                f"{'main' if d else 'free'} database's root at page {root}, "
+                                f"which is free or past the last page", "check meta")
+        # Every page up to the last is a meta page, in a tree, or free: a free
+        # database that accounts for more or fewer pages is damaged.  DUPSORT
+        # databases keep their larger duplicate sets in subtrees whose pages
+        # the statistics leave out, so there it is a bound.
+        if used + fl.count + 2 > fl.npages or (not dupsort and used + fl.count + 2 != fl.npages):
+            raise LmdbError(path, MDB_CORRUPTED,
+                            f"the free database of txn {txnid} is damaged: {fl.count} free "
+                            f"pages and {used} in use do not add up to {fl.npages} pages",
+                            "read free pages")
+        with nogil:
+            rc = used_runs(&fl, psize, merge, &runs, &nruns, &gaps)
+        if rc:
+            raise MemoryError()
+        ranges = bytes((<char *>runs)[:nruns * 2 * sizeof(int64_t)]) if nruns else b""
+        return {
+            "txnid": txnid,
+            "page_size": psize,
+            "map_size": _u64(meta + MM_MAPSIZE),
+            "last_pgno": last_pg,
+            "used_pages": used,
+            "free_pages": fl.count,
+            "free_records": fl.records,
+            "dupsort": dupsort,
+            "ranges": ranges,
+            "holes": gaps,
+            "meta": bytes(meta[:META_BYTES]),
+        }
+    finally:
+        free(fl.bits)
+        free(runs)

@@ -1,0 +1,132 @@
+"""The ``pages`` engine: one snapshot copied page for page, free pages as holes.
+
+Algorithm (the argument that it is exactly the snapshot is in
+docs/internals.md, "The pages engine"):
+
+1. The snapshot is begun with the others (:func:`~synfast.lmdb.snapshot.begin_together`),
+   and as its read transaction begins, the meta page of that transaction is
+   captured and proven untorn (``ext/lmdb/pages.pxi``): no writer lock is taken,
+   so a service writing several environments in one step is never blocked.
+2. :meth:`Snapshot.page_plan <synfast.lmdb.snapshot.Snapshot>` checks that meta
+   page against the snapshot's own statistics, reads the snapshot's free
+   database, checks that free and used pages add up to the last page, and
+   returns the runs of pages in use.
+3. A new data file is created at the source's size, the runs are copied to the
+   same offsets by :func:`synfast.files.sparse.copy_ranges` (cloned where the
+   destination shares blocks with the source, else copy_file_range, splice or
+   pread/pwrite, never reading a hole), the two meta pages are written for the
+   snapshot's transaction, and the file is fsynced.
+
+Every page keeps its number, so two copies of a service that changed a little
+differ only in the pages that changed: what deduplicating stores and reflinks
+need.  Pages free at the snapshot and everything past its last page stay holes,
+so the copy allocates about what a compacting copy writes.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from synfast.errors import (
+    DESTINATION_ERRNOS,
+    CopyFailed,
+    CorruptEnvironment,
+    SynfastError,
+    convert_error,
+)
+from synfast.files.sparse import copy_ranges
+from synfast.lmdb.env import LmdbError
+from synfast.lmdb.meta import snapshot_meta_pages
+from synfast.lmdb.snapshot import Snapshot
+
+#: A free gap between two runs of pages in use shorter than this many pages is
+#: copied with them rather than left as a hole (see docs/bench/lmdb-engines.md).
+MERGE_PAGES = 1
+
+#: Start the output's writeback after every so many bytes copied, so that the
+#: fsync at the end finds little left to write.
+WRITEBACK_BYTES = 64 << 20
+
+#: What the LMDB codes of a failed check mean to the user of the pages engine.
+_CHECKS = ("check meta", "read free pages")
+
+
+def copy_pages(snap: Snapshot, out: Path, display: Path, source: str | os.PathLike[str], *,
+               mode: int = 0o600, merge_pages: int = MERGE_PAGES, clone: str = "ranges",
+               writeback: bool = True) -> dict[str, Any]:
+    """Copy the begun snapshot ``snap`` page for page into the new data file
+    ``out`` (created with ``mode``, fsynced), then close the snapshot.
+
+    Errors name ``display`` (the output's final name) for the destination and
+    ``source`` for the environment.  On any failure ``out`` is removed.
+    Returns the plan's facts (``txnid``, ``page_size``, ``map_size``,
+    ``last_pgno``, ``used_pages``, ``free_pages``...) with the copy's
+    (``method``, ``bytes_written``, ``bytes_cloned``, ``size``).
+    """
+    try:
+        plan = _plan(snap, merge_pages, source)
+        src_fd = snap.fileno()
+        size = max(os.fstat(src_fd).st_size, (plan["last_pgno"] + 1) * plan["page_size"])
+        try:
+            fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode & 0o7777)
+        except OSError as err:
+            raise convert_error(err, display) from err
+        try:
+            moved = _fill(src_fd, fd, plan, size, clone, writeback, display, source)
+        except BaseException:
+            os.close(fd)
+            os.unlink(out)
+            raise
+        os.close(fd)
+    finally:
+        snap.close()
+    del plan["ranges"], plan["meta"]
+    return {**plan, **moved, "size": size}
+
+
+def _plan(snap: Snapshot, merge_pages: int, source: str | os.PathLike[str]) -> dict[str, Any]:
+    """The snapshot's page plan, its failures worded for the command line."""
+    try:
+        return snap.page_plan(merge_pages)
+    except LmdbError as err:
+        if err.operation == "capture meta":
+            raise CopyFailed(source, str(err.message),
+                             "copy it with --lmdb-engine rebuild, which needs no meta "
+                             "page") from err
+        if err.operation in _CHECKS:
+            raise CorruptEnvironment(
+                source, f"{err.operation}: {err.message}",
+                "the pages engine relies on the free database and meta page; copy it "
+                "with --lmdb-engine rebuild, which reads only the trees, and check it "
+                "with mdb_stat") from err
+        raise convert_error(err, source) from err
+    except OSError as err:
+        raise convert_error(err, source) from err
+
+
+def _fill(src_fd: int, fd: int, plan: dict[str, Any], size: int, clone: str,
+          writeback: bool, display: Path, source: str | os.PathLike[str]) -> dict[str, Any]:
+    """Size the new file, copy the plan's runs and write its meta pages, fsynced."""
+    try:
+        os.ftruncate(fd, size)
+        moved = copy_ranges(src_fd, fd, plan["ranges"], clone=clone,
+                            writeback_every=WRITEBACK_BYTES if writeback else 0)
+    except OSError as err:
+        raise _side(err, display, source) from err
+    if moved["short_read"]:
+        raise CorruptEnvironment(source, "the data file ended before the snapshot's last page",
+                                 "the environment is damaged; check it with mdb_stat")
+    try:
+        os.pwrite(fd, snapshot_meta_pages(plan["meta"], plan["page_size"]), 0)
+        os.fsync(fd)
+    except OSError as err:
+        raise convert_error(err, display) from err
+    return {"method": moved["method"], "bytes_written": moved["bytes_written"],
+            "bytes_cloned": moved["bytes_cloned"], "runs": moved["ranges"]}
+
+
+def _side(err: OSError, display: Path, source: str | os.PathLike[str]) -> SynfastError:
+    """An error of the copy, naming the side it belongs to."""
+    return convert_error(err, display if err.errno in DESTINATION_ERRNOS else source)

@@ -56,7 +56,8 @@ class Stage:
             destination
         self.opts, self.cancel, self.progress = opts, cancel, progress
         self.throttle = Throttle(opts.bwlimit * 1e6, cancel) if opts.bwlimit else None
-        self.copier = EnvironmentCopier(opts.lmdb_engine, together=True, writeback=True)
+        self.copier = EnvironmentCopier(opts.lmdb_engine, together=True, writeback=True,
+                                        destination=tmp, reflink=opts.reflink)
         self.records: dict[str, dict] = {}
         self.env_records: dict[str, dict] = {}
         self.vanished: list[str] = []

@@ -15,8 +15,8 @@ def backup_command(
         "%Y%m%d are expanded."),
     lmdb_engine: str = typer.Option(
         "auto", "--lmdb-engine", metavar="ENGINE",
-        help="How environments are copied: auto (rebuild, every snapshot begun together), "
-        "rebuild, compact or raw."),
+        help="How environments are copied: auto (pages where DST shares blocks with SRC, "
+        "else rebuild; every snapshot begun together), rebuild, pages, compact or raw."),
     jobs: int = typer.Option(0, "--jobs", "-j", min=0,
                              help="Parallel copies, largest first (0: one per core, at most 4)."),
     exclude: list[str] = typer.Option(

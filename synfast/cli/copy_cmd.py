@@ -28,9 +28,11 @@ def copy_command(
     lmdb_engine: str = typer.Option(
         "auto", "--lmdb-engine", metavar="ENGINE",
         help="How LMDB environments are copied: rebuild (native, in key order, smallest "
-        "output), compact or raw (mdb_env_copyfd2 with or without compaction), or auto "
-        "(rebuild where it saves 10% or more; else compact, or rebuild when there are "
-        "many overflow values)."),
+        "output), pages (page for page, numbers kept, free pages as holes, blocks shared "
+        "on reflink filesystems), compact or raw (mdb_env_copyfd2 with or without "
+        "compaction), or auto (pages where DST shares blocks with SRC; else rebuild where "
+        "it saves 10% or more, else compact, or rebuild when there are many overflow "
+        "values)."),
     force: bool = typer.Option(False, "--force", "-f", help="Replace an existing DST."),
     jobs: int = typer.Option(0, "--jobs", "-j", min=0,
                              help="Parallel copies (0: one per core, at most 4)."),

@@ -150,7 +150,7 @@ class _Copier:
         self.plan, self.tmp, self.report = the_plan, tmp, report
         self.reflink, self.sparse, self.cfr = reflink, sparse, cfr
         self.fsync, self.preserve = fsync, preserve
-        self.envs = EnvironmentCopier(engine, together=False)
+        self.envs = EnvironmentCopier(engine, together=False, destination=tmp, reflink=reflink)
 
     def source_of(self, e: Entry) -> Path:
         return self.src / e.rel if e.rel else self.src

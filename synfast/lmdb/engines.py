@@ -16,10 +16,16 @@ with the environment's lock file, into a new data file:
 ``raw``
     ``mdb_env_copyfd2`` without compaction: every page up to the last one used,
     free pages included, page numbers kept.
+``pages``
+    the snapshot copied page for page (:mod:`synfast.lmdb.pages`): every page in
+    use keeps its number, pages free at the snapshot stay holes, and the data
+    moves at extent-copy speed, or is shared with the source on a reflink
+    filesystem.  Its snapshot is begun with the others (one moment).
 ``auto``
-    in ``synfast copy``, chosen per environment by :mod:`synfast.lmdb.choose`
-    (rebuild or compact); in a backup, ``rebuild`` for every environment, so
-    that all snapshots are begun together.
+    ``pages`` where the destination can share blocks with the source (one
+    reflink filesystem); otherwise, in ``synfast copy``, chosen per environment
+    by :mod:`synfast.lmdb.choose` (rebuild or compact), and in a backup
+    ``rebuild`` for every environment, so that all snapshots are begun together.
 
 ``compact`` and ``raw`` take their snapshot when their copy starts: stock LMDB
 cannot copy from a read transaction we hold.
@@ -38,17 +44,25 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from synfast.errors import UsageError
+from synfast.files.sparse import shares_blocks
 from synfast.lmdb.env import EnvCopyResult, copy_environment
 from synfast.lmdb.meta import EnvLocation, read_meta
+from synfast.lmdb.pages import copy_pages
 from synfast.lmdb.snapshot import Snapshot, begin_together, open_snapshot, rebuild_data_file
 
 #: The engines, in the order the command line lists them, and what each does.
 ENGINES: dict[str, str] = {
-    "auto": "rebuild where it saves 10% or more, else compact (a backup: rebuild, one moment)",
+    "auto": "pages where the destination shares blocks with the source; else rebuild where "
+            "it saves 10% or more, else compact (a backup: rebuild, one moment)",
     "rebuild": "native, in key order, full pages: the smallest output",
     "compact": "mdb_env_copyfd2 with compaction: reachable pages only, renumbered",
     "raw": "mdb_env_copyfd2 without compaction: every page up to the last, numbers kept",
+    "pages": "page for page from one snapshot: numbers kept, free pages as holes, "
+             "blocks shared on reflink filesystems",
 }
+
+#: The engines that copy from snapshots begun together (one moment).
+SNAPSHOT_ENGINES = ("rebuild", "pages")
 
 
 def check_engine(name: str) -> str:
@@ -68,13 +82,19 @@ class EnvironmentCopier:
     environments take a fresh snapshot when their copy starts.
 
     ``writeback`` starts writing a ``compact``/``raw`` copy to disk while LMDB
-    is still copying, for a caller that fsyncs it afterwards.
+    is still copying, for a caller that fsyncs it afterwards.  ``destination``
+    is the directory the copies are written under: ``auto`` picks ``pages``
+    where it can share blocks with the source.  ``reflink`` ``"never"`` keeps
+    the pages engine from sharing blocks (and ``auto`` from choosing it for that).
     """
 
-    def __init__(self, engine: str, *, together: bool, writeback: bool = False) -> None:
+    def __init__(self, engine: str, *, together: bool, writeback: bool = False,
+                 destination: Path | None = None, reflink: str = "auto") -> None:
         self.engine = check_engine(engine)
         self.together = together
         self.writeback = writeback
+        self.destination = destination if reflink != "never" else None
+        self.clone = "never" if reflink == "never" else "ranges"
         self.snapshots: dict[str, Snapshot] = {}
         self.chosen: dict[str, str] = {}
         #: Wall-clock bounds of the moment the snapshots were begun in, if any were.
@@ -83,11 +103,11 @@ class EnvironmentCopier:
 
     def prepare(self, envs: Sequence[tuple[str, EnvLocation]]) -> None:
         """Open and begin, back to back, the snapshots of the environments
-        ``(key, location)`` that the engine rebuilds; decide every other one's
-        engine.  On failure every snapshot opened is closed."""
+        ``(key, location)`` that the engine copies from a snapshot; decide
+        every other one's engine.  On failure every snapshot opened is closed."""
         for key, _ in envs:
             self.chosen[key] = self.engine
-        if self.engine not in ("rebuild", "auto") or not envs:
+        if self.engine not in (*SNAPSHOT_ENGINES, "auto") or not envs:
             return
         try:
             for key, loc in envs:
@@ -97,16 +117,24 @@ class EnvironmentCopier:
         except BaseException:
             self.close()
             raise
+        if self.engine != "auto":
+            return
         for key, _ in envs:
-            self.chosen[key] = "rebuild"
-        if self.engine == "auto" and not self.together:
-            from synfast.lmdb.choose import choose_engine
+            self.chosen[key] = self._auto(self.snapshots[key])
+            if self.chosen[key] not in SNAPSHOT_ENGINES:
+                self.snapshots.pop(key).close()
 
-            for key, _ in envs:
-                choice = choose_engine(self.snapshots[key])
-                if choice != "rebuild":
-                    self.chosen[key] = choice
-                    self.snapshots.pop(key).close()
+    def _auto(self, snap: Snapshot) -> str:
+        """``auto``'s engine for one begun snapshot."""
+        if self.destination is not None:
+            where = self.destination if self.destination.is_dir() else self.destination.parent
+            if shares_blocks(snap.fileno(), where):
+                return "pages"
+        if self.together:
+            return "rebuild"
+        from synfast.lmdb.choose import choose_engine
+
+        return choose_engine(snap)
 
     def close(self) -> None:
         """Close every snapshot not yet used."""
@@ -124,6 +152,8 @@ class EnvironmentCopier:
             return copy_environment(loc, out, engine=self.chosen[key], mode=mode,
                                     display_dst=display, writeback=self.writeback)
         data_st = os.stat(loc.data_path)
+        if self.chosen[key] == "pages":
+            return self._copy_pages(snap, loc, out, display, mode, data_st)
         raw = rebuild_data_file(snap, out, display, loc.data_path)
         os.chmod(out, mode & 0o7777)
         meta = read_meta(out)
@@ -132,6 +162,18 @@ class EnvironmentCopier:
             map_size=raw["map_size"], last_pgno=meta.last_pgno if meta else 0,
             txnid=raw["txnid"], txnid_exact=True, txnid_min=raw["txnid"],
             txnid_max=raw["txnid"], bytes_written=raw["bytes_written"],
+            source_allocated=data_st.st_blocks * 512, source_apparent=data_st.st_size,
+            snapshot_time=self.snapshot_time or 0.0,
+        )
+
+    def _copy_pages(self, snap: Snapshot, loc: EnvLocation, out: Path, display: Path,
+                    mode: int, data_st: os.stat_result) -> EnvCopyResult:
+        raw = copy_pages(snap, out, display, loc.data_path, mode=mode, clone=self.clone)
+        return EnvCopyResult(
+            source=loc.path, destination=out, engine="pages", page_size=raw["page_size"],
+            map_size=raw["map_size"], last_pgno=raw["last_pgno"], txnid=raw["txnid"],
+            txnid_exact=True, txnid_min=raw["txnid"], txnid_max=raw["txnid"],
+            bytes_written=raw["bytes_written"] + raw["bytes_cloned"] + 2 * raw["page_size"],
             source_allocated=data_st.st_blocks * 512, source_apparent=data_st.st_size,
             snapshot_time=self.snapshot_time or 0.0,
         )

@@ -1,5 +1,5 @@
-# <fcntl.h>: open, record locks, pipe sizes, splice, sync_file_range,
-# posix_fadvise and fallocate (with <linux/falloc.h>'s hole punching).  Declarations only.  Built with _GNU_SOURCE (see setup.py) so
+# <fcntl.h>: open, record locks, pipe sizes, splice, sync_file_range and
+# posix_fadvise.  Declarations only.  Built with _GNU_SOURCE (see setup.py) so
 # that splice, sync_file_range and F_SETPIPE_SZ are visible.
 
 from posix.types cimport off_t, pid_t
@@ -34,9 +34,3 @@ cdef extern from "<fcntl.h>" nogil:
                    unsigned int flags)
     int sync_file_range(int fd, off_t offset, off_t nbytes, unsigned int flags)
     int posix_fadvise(int fd, off_t offset, off_t len, int advice)
-    int fallocate(int fd, int mode, off_t offset, off_t len)
-
-cdef extern from "<linux/falloc.h>" nogil:
-    enum:
-        FALLOC_FL_KEEP_SIZE
-        FALLOC_FL_PUNCH_HOLE

@@ -171,10 +171,13 @@ cdef class Snapshot:
         cdef Job j
         cdef stat fst
         self._check_ready()
+        if self.meta_state > 1:
+            raise OSError(self.meta_state - 1, "cannot read the meta page", self.path)
         if self.meta_state != 1:
             raise LmdbError(self.path, MDB_BAD_TXN,
-                            "the environment committed faster than its meta page could "
-                            "be read with a snapshot, in every attempt", "capture meta")
+                            f"the meta page of txn {self.txnid} was not in its slot in any "
+                            f"of {CAPTURE_ATTEMPTS} tries: a writer committing without "
+                            f"pause, or a damaged meta page", "capture meta")
         if fstat(self.fileno(), &fst) != 0:
             raise OSError(errno, "cannot stat data file", self.path)
         _job_init(&j)

@@ -79,9 +79,9 @@ cdef int begin_captured(MDB_env *env, MDB_txn **txn, unsigned char *buf,
                         int *state) noexcept nogil:
     """Begin a read transaction in ``env`` and capture its meta page into
     ``buf``, beginning again while a commit races the capture.  ``state`` ends
-    1 (captured), -1 (still racing after CAPTURE_ATTEMPTS) or 0 (capture
-    failed; the snapshot stays usable by engines that do not need it).
-    Returns mdb_txn_begin's code."""
+    1 (captured), -1 (the slot never held the transaction's meta page in
+    CAPTURE_ATTEMPTS tries) or the errno of a failed read (the snapshot stays
+    usable by engines that need no meta page).  Returns mdb_txn_begin's code."""
     cdef int rc, k, c
     state[0] = 0
     for k in range(CAPTURE_ATTEMPTS):
@@ -94,6 +94,7 @@ cdef int begin_captured(MDB_env *env, MDB_txn **txn, unsigned char *buf,
             state[0] = 1
             return 0
         if c != 1:
+            state[0] = c + 1 if c > 0 else c
             return 0
         if k + 1 < CAPTURE_ATTEMPTS:
             mdb_txn_abort(txn[0])
@@ -257,6 +258,8 @@ cdef dict plan_pages(MDB_txn *txn, path, unsigned int page_size, const unsigned 
                             f"the meta page of txn {txnid} does not match its snapshot: "
                             f"{'main' if d else 'free'} database {problem}", "check meta")
         used += st.ms_branch_pages + st.ms_leaf_pages + st.ms_overflow_pages
+    if j.main_flags & MDB_DUPSORT:
+        dupsort = True
     for i in range(j.n_named):
         rc = mdb_stat(txn, j.named[i].src, &st)
         if rc:
@@ -274,8 +277,9 @@ cdef dict plan_pages(MDB_txn *txn, path, unsigned int page_size, const unsigned 
             rc = read_free_db(txn, &fl, &bad)
         if rc == -1:
             raise LmdbError(path, MDB_CORRUPTED,
-                            f"the free database of txn {txnid} is damaged: a record of "
-                            f"{fl.records} holds a malformed page list ({bad})", "read free pages")
+                            f"the free database of txn {txnid} is damaged: its record "
+                            f"{fl.records} is not a page list (count or size {bad})",
+                            "read free pages")
         if rc == -2:
             raise LmdbError(path, MDB_CORRUPTED,
                             f"the free database of txn {txnid} is damaged: it lists page "

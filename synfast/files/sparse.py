@@ -318,9 +318,9 @@ def copy_file(
     return FileCopyResult(**{**result.__dict__, "destination": dst_p})
 
 
-#: How :func:`copy_ranges` may share blocks with the source: never, one clone
-#: per range, or one clone of the whole span with the gaps punched out.
-CLONE_MODES = ("never", "ranges", "span")
+#: How :func:`copy_ranges` may share blocks with the source: never, or one
+#: clone per range.
+CLONE_MODES = ("never", "ranges")
 
 
 def copy_ranges(src_fd: int, dst_fd: int, ranges: bytes, *, clone: str = "ranges",

@@ -94,7 +94,7 @@ class EnvironmentCopier:
         self.together = together
         self.writeback = writeback
         self.destination = destination if reflink != "never" else None
-        self.clone = "never" if reflink == "never" else "ranges"
+        self.reflink = reflink
         self.snapshots: dict[str, Snapshot] = {}
         self.chosen: dict[str, str] = {}
         #: Wall-clock bounds of the moment the snapshots were begun in, if any were.
@@ -168,7 +168,7 @@ class EnvironmentCopier:
 
     def _copy_pages(self, snap: Snapshot, loc: EnvLocation, out: Path, display: Path,
                     mode: int, data_st: os.stat_result) -> EnvCopyResult:
-        raw = copy_pages(snap, out, display, loc.data_path, mode=mode, clone=self.clone)
+        raw = copy_pages(snap, out, display, loc.data_path, mode=mode, reflink=self.reflink)
         return EnvCopyResult(
             source=loc.path, destination=out, engine="pages", page_size=raw["page_size"],
             map_size=raw["map_size"], last_pgno=raw["last_pgno"], txnid=raw["txnid"],

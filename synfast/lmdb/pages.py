@@ -36,14 +36,18 @@ from synfast.errors import (
     SynfastError,
     convert_error,
 )
-from synfast.files.sparse import copy_ranges
+from synfast.files.sparse import copy_ranges, shares_blocks, use_copy_file_range
 from synfast.lmdb.env import LmdbError
 from synfast.lmdb.meta import snapshot_meta_pages
 from synfast.lmdb.snapshot import Snapshot
 
 #: A free gap between two runs of pages in use shorter than this many pages is
-#: copied with them rather than left as a hole (see docs/bench/lmdb-engines.md).
-MERGE_PAGES = 1
+#: copied with them rather than left as a hole: one copy call instead of two
+#: (docs/bench/lmdb-engines.md, "The pages engine").  Where the copy shares
+#: blocks with the source a merged gap allocates nothing, and fewer, longer
+#: clones are what make the copy nearly free.
+MERGE_PAGES_COPY = 1
+MERGE_PAGES_CLONE = 8
 
 #: Start the output's writeback after every so many bytes copied, so that the
 #: fsync at the end finds little left to write.
@@ -54,8 +58,8 @@ _CHECKS = ("check meta", "read free pages")
 
 
 def copy_pages(snap: Snapshot, out: Path, display: Path, source: str | os.PathLike[str], *,
-               mode: int = 0o600, merge_pages: int = MERGE_PAGES, clone: str = "ranges",
-               writeback: bool = True) -> dict[str, Any]:
+               mode: int = 0o600, reflink: str = "auto", merge_pages: int | None = None,
+               copy_file_range: str = "auto", writeback: bool = True) -> dict[str, Any]:
     """Copy the begun snapshot ``snap`` page for page into the new data file
     ``out`` (created with ``mode``, fsynced), then close the snapshot.
 
@@ -66,15 +70,19 @@ def copy_pages(snap: Snapshot, out: Path, display: Path, source: str | os.PathLi
     (``method``, ``bytes_written``, ``bytes_cloned``, ``size``).
     """
     try:
-        plan = _plan(snap, merge_pages, source)
         src_fd = snap.fileno()
+        if merge_pages is None:
+            clones = reflink != "never" and shares_blocks(src_fd, out.parent)
+            merge_pages = MERGE_PAGES_CLONE if clones else MERGE_PAGES_COPY
+        plan = _plan(snap, merge_pages, source)
         size = max(os.fstat(src_fd).st_size, (plan["last_pgno"] + 1) * plan["page_size"])
         try:
             fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode & 0o7777)
         except OSError as err:
             raise convert_error(err, display) from err
         try:
-            moved = _fill(src_fd, fd, plan, size, clone, writeback, display, source)
+            moved = _fill(src_fd, fd, plan, size, reflink, copy_file_range, writeback,
+                          display, source)
         except BaseException:
             os.close(fd)
             os.unlink(out)
@@ -106,12 +114,14 @@ def _plan(snap: Snapshot, merge_pages: int, source: str | os.PathLike[str]) -> d
         raise convert_error(err, source) from err
 
 
-def _fill(src_fd: int, fd: int, plan: dict[str, Any], size: int, clone: str,
+def _fill(src_fd: int, fd: int, plan: dict[str, Any], size: int, reflink: str, cfr: str,
           writeback: bool, display: Path, source: str | os.PathLike[str]) -> dict[str, Any]:
     """Size the new file, copy the plan's runs and write its meta pages, fsynced."""
     try:
         os.ftruncate(fd, size)
-        moved = copy_ranges(src_fd, fd, plan["ranges"], clone=clone,
+        moved = copy_ranges(src_fd, fd, plan["ranges"],
+                            clone="never" if reflink == "never" else "ranges",
+                            copy_file_range=use_copy_file_range(cfr, reflink, fd),
                             writeback_every=WRITEBACK_BYTES if writeback else 0)
     except OSError as err:
         raise _side(err, display, source) from err

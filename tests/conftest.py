@@ -224,3 +224,20 @@ def small_tmpfs() -> Iterator[Path]:
     finally:
         subprocess.run(["umount", str(mnt)], check=False)
         shutil.rmtree(mnt, ignore_errors=True)
+
+
+def fiemap(path: Path) -> list[tuple[int, int, bool]]:
+    """The data extents of ``path`` as ``filefrag -v`` (FIEMAP) reports them:
+    (offset, length, shared) in bytes; shared means the blocks are also another
+    file's (a reflink)."""
+    out = subprocess.run(["filefrag", "-v", str(path)], capture_output=True, text=True,
+                         check=True).stdout.splitlines()
+    block = int(out[1].split("blocks of ")[1].split()[0])
+    extents = []
+    for line in out[3:]:
+        fields = line.split(":")
+        if len(fields) < 5 or ".." not in fields[1]:
+            continue
+        first, last = (int(x) for x in fields[1].split(".."))
+        extents.append((first * block, (last - first + 1) * block, "shared" in fields[-1]))
+    return extents

@@ -61,3 +61,27 @@ def check_snapshot(path: Path) -> int:
         return counters[0]
     finally:
         env.close()
+
+
+#: The same transactions as WRITER, committed to several environments in turn:
+#: transaction ``i`` in the first, then in the second, and so on.  Arguments:
+#: the window, then the environments' paths.
+TWO_ENV_WRITER = textwrap.dedent("""
+    import hashlib, lmdb, sys
+    window, paths = int(sys.argv[1]), sys.argv[2:]
+    envs = [lmdb.open(p, map_size=1 << 30, writemap=True, max_dbs=4) for p in paths]
+    dbs = [(env.open_db(b"a"), env.open_db(b"b")) for env in envs]
+    i = 0
+    print("ready", flush=True)
+    while True:
+        i += 1
+        key = b"%08d" % i
+        value = hashlib.sha256(key).digest() * (200 + i % 300)
+        for env, pair in zip(envs, dbs):
+            with env.begin(write=True) as txn:
+                for db in pair:
+                    txn.put(b"counter", key, db=db)
+                    txn.put(key, value, db=db)
+                    if i > window:
+                        txn.delete(b"%08d" % (i - window), db=db)
+""")

@@ -178,13 +178,14 @@ cdef class Snapshot:
                             f"the meta page of txn {self.txnid} was not in its slot in any "
                             f"of {CAPTURE_ATTEMPTS} tries: a writer committing without "
                             f"pause, or a damaged meta page", "capture meta")
-        if fstat(self.fileno(), &fst) != 0:
+        fd = self.fileno()
+        if fstat(fd, &fst) != 0:
             raise OSError(errno, "cannot stat data file", self.path)
         _job_init(&j)
         try:
             self._find_databases(&j)
             return plan_pages(self.txn, self.path, self.page_size, self.meta_buf, &j,
-                              merge_pages, fst.st_size)
+                              merge_pages, fd, fst.st_size)
         finally:
             _job_free(&j)
 

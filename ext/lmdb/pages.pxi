@@ -21,7 +21,7 @@ from clmdb cimport (
     MDB_env, MDB_txn, MDB_cursor, MDB_val, MDB_stat, MDB_FIRST, MDB_NEXT, MDB_RDONLY,
     MDB_DUPSORT, MDB_NOTFOUND, MDB_CORRUPTED, MDB_INCOMPATIBLE,
     mdb_stat, mdb_env_stat, mdb_env_get_fd, mdb_txn_begin, mdb_txn_abort, mdb_txn_id,
-    mdb_dbi_flags, mdb_cursor_open, mdb_cursor_close, mdb_cursor_get,
+    mdb_dbi_flags, mdb_cursor_open, mdb_cursor_close, mdb_cursor_get, mdb_get,
 )
 
 cdef extern from *:
@@ -200,6 +200,116 @@ cdef int used_runs(const FreeList *fl, size_t psize, size_t merge, int64_t **out
     return 0
 
 
+cdef int walk_branches(int fd, size_t psize, uint64_t root, unsigned int depth,
+                       const FreeList *fl, size_t *branches, size_t *leaves,
+                       uint64_t *bad) noexcept nogil:
+    """Read the branch pages of one tree, level by level from ``root`` (leaves
+    are never read), counting its branch and leaf pages.  Returns 0, -3 when a
+    page of the tree is listed free or lies past the last page, -4 when a
+    branch page is not one (``bad`` holds the page), or a positive errno."""
+    cdef uint64_t *cur = NULL
+    cdef uint64_t *nxt = NULL
+    cdef uint64_t *grown
+    cdef size_t ncur = 1, nnxt, cap, i, k, n, off
+    cdef unsigned int level
+    cdef const unsigned char *node
+    cdef unsigned char *buf = <unsigned char *>malloc(psize)
+    cdef int rc = 0
+    cur = <uint64_t *>malloc(sizeof(uint64_t))
+    if buf == NULL or cur == NULL:
+        free(buf)
+        free(cur)
+        return ENOMEM
+    cur[0] = root
+    for level in range(depth):
+        for i in range(ncur):
+            if cur[i] < 2 or cur[i] >= fl.npages or _free(fl, cur[i]):
+                bad[0] = cur[i]
+                rc = -3
+                break
+        if rc or level + 1 == depth:
+            leaves[0] += ncur
+            break
+        branches[0] += ncur
+        cap = ncur * 8
+        nnxt = 0
+        nxt = <uint64_t *>malloc(cap * sizeof(uint64_t))
+        if nxt == NULL:
+            rc = ENOMEM
+            break
+        for i in range(ncur):
+            if pread(fd, buf, psize, <off_t>(cur[i] * psize)) != <ssize_t>psize:
+                rc = errno or EIO
+                break
+            n = ((<unsigned short *>(buf + 12))[0] - 16) >> 1
+            if _u64(buf) != cur[i] or not (<unsigned short *>(buf + 10))[0] & 0x01 or \
+                    16 + 2 * n > psize:
+                bad[0] = cur[i]
+                rc = -4
+                break
+            for k in range(n):
+                off = (<unsigned short *>(buf + 16))[k]
+                if off + 8 > psize:
+                    bad[0] = cur[i]
+                    rc = -4
+                    break
+                node = buf + off
+                if nnxt == cap:
+                    cap *= 2
+                    grown = <uint64_t *>realloc(nxt, cap * sizeof(uint64_t))
+                    if grown == NULL:
+                        rc = ENOMEM
+                        break
+                    nxt = grown
+                nxt[nnxt] = ((<const unsigned short *>node)[0]
+                             | (<uint64_t>(<const unsigned short *>node)[1] << 16)
+                             | (<uint64_t>(<const unsigned short *>node)[2] << 32))
+                nnxt += 1
+            if rc:
+                break
+        free(cur)
+        cur = nxt
+        nxt = NULL
+        ncur = nnxt
+        if rc:
+            break
+    free(cur)
+    free(nxt)
+    free(buf)
+    return rc
+
+
+cdef int check_tree(int fd, path, size_t psize, uint64_t txnid, str name, uint64_t root,
+                    MDB_stat *st, const FreeList *fl, bint dupsort) except -1:
+    """Walk one tree's branch pages (walk_branches): every branch and leaf page
+    must be in use at the snapshot, and as many as its statistics say (at
+    most as many for a DUPSORT database, whose statistics count the pages of
+    its duplicate subtrees too)."""
+    cdef size_t branches = 0, leaves = 0
+    cdef uint64_t bad = 0
+    cdef int rc
+    if st.ms_depth == 0:
+        return 0
+    with nogil:
+        rc = walk_branches(fd, psize, root, st.ms_depth, fl, &branches, &leaves, &bad)
+    if rc == -3:
+        raise LmdbError(path, MDB_CORRUPTED,
+                        f"the free database of txn {txnid} is damaged: page {bad} of the "
+                        f"{name} database's tree is listed free or past the last page",
+                        "read free pages")
+    if rc == -4 or (rc == 0 and (
+            branches > st.ms_branch_pages or leaves > st.ms_leaf_pages
+            or (not dupsort and (branches != st.ms_branch_pages
+                                 or leaves != st.ms_leaf_pages)))):
+        raise LmdbError(path, MDB_CORRUPTED,
+                        f"the {name} database's tree of txn {txnid} does not match its "
+                        f"statistics ({branches} branch and {leaves} leaf pages found)",
+                        "check meta")
+    if rc:
+        raise OSError(rc, _strerror(rc), path)
+    return 0
+
+
 cdef str _db_mismatch(const unsigned char *rec, MDB_stat *st, int flags):
     """What differs between a captured database record and the snapshot's own
     statistics of that database, or None.  ``flags`` -1 skips the flags (the
@@ -223,7 +333,7 @@ cdef str _db_mismatch(const unsigned char *rec, MDB_stat *st, int flags):
 
 
 cdef dict plan_pages(MDB_txn *txn, path, unsigned int page_size, const unsigned char *meta,
-                     Job *j, size_t merge, off_t file_size):
+                     Job *j, size_t merge, int fd, off_t file_size):
     """Check the captured meta page against the snapshot, read its free
     database, and return the page plan (see Snapshot.page_plan).  ``j`` holds
     the snapshot's named databases (Snapshot._find_databases)."""
@@ -238,6 +348,7 @@ cdef dict plan_pages(MDB_txn *txn, path, unsigned int page_size, const unsigned 
     cdef int64_t *runs = NULL
     cdef int rc
     cdef int d
+    cdef MDB_val key, val
     if psize != page_size or psize < 512 or psize > 65536 or psize & (psize - 1):
         raise LmdbError(path, MDB_INCOMPATIBLE,
                         f"page size {psize} in the meta page of txn {txnid} "
@@ -293,10 +404,27 @@ cdef dict plan_pages(MDB_txn *txn, path, unsigned int page_size, const unsigned 
                                 f"the meta page of txn {txnid} has its "
                                 f"{'main' if d else 'free'} database's root at page {root}, "
                                 f"which is free or past the last page", "check meta")
+        # Every branch and leaf page of every tree is in use (its branch pages
+        # are read; its leaves, the bulk, are not).
+        for d in range(2):
+            mdb_stat(txn, d, &st)
+            check_tree(fd, path, psize, txnid, "main" if d else "free",
+                       _u64(meta + MM_DBS + d * DB_REC + 40), &st, &fl,
+                       d == 1 and (j.main_flags & MDB_DUPSORT) != 0)
+        for i in range(j.n_named):
+            key.mv_size = j.named[i].len
+            key.mv_data = j.named[i].name
+            rc = mdb_get(txn, j.src_main, &key, &val)
+            if rc:
+                raise_lmdb(path, rc, "read named database record")
+            mdb_stat(txn, j.named[i].src, &st)
+            check_tree(fd, path, psize, txnid, repr(j.named[i].name[:j.named[i].len]),
+                       _u64(<const unsigned char *>val.mv_data + 40), &st, &fl,
+                       (j.named[i].flags & MDB_DUPSORT) != 0)
         # Every page up to the last is a meta page, in a tree, or free: a free
-        # database that accounts for more or fewer pages is damaged.  DUPSORT
-        # databases keep their larger duplicate sets in subtrees whose pages
-        # the statistics leave out, so there it is a bound.
+        # database that accounts for more or fewer pages is damaged.  Where a
+        # DUPSORT database exists this is a bound (how LMDB counts the pages of
+        # duplicate subtrees is not something to rely on).
         if used + fl.count + 2 > fl.npages or (not dupsort and used + fl.count + 2 != fl.npages):
             raise LmdbError(path, MDB_CORRUPTED,
                             f"the free database of txn {txnid} is damaged: {fl.count} free "

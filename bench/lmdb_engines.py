@@ -7,14 +7,17 @@ process's (interpreter start and imports included) and memory is the process's:
 - ``compact``   synfast.lmdb.env.copy_environment(engine="compact") with writeback
   started during the copy, then fsync (as a backup does)
 - ``raw``       the same with engine="raw" (mdb_env_copyfd2 without compaction)
+- ``pages``     synfast.lmdb.pages.copy_pages (page for page from one snapshot,
+  free pages as holes, fsynced)
 - ``mdb_copy-c`` ``mdb_copy -c`` (LMDB's tool; writes with O_DIRECT, no fsync)
 - ``cp-a``      ``cp -a`` of the environment directory (no fsync; not safe on a
   live environment, here only as the speed reference)
 - ``cp-a+sync`` ``cp -a`` then ``sync -f`` of the output's filesystem: the same copy
   made durable, as every synfast engine's output is
-- ``floor``     ``dd`` writing as many zero bytes as the rebuild's output (of the
-  same round) and fsyncing them: the time this machine's disk needs to make the
-  rebuild's output durable, a floor for any engine that fsyncs it
+- ``floor``     ``dd`` writing as many zero bytes as the output of the pages engine
+  (allocated) or else of the rebuild, of the same round, and fsyncing them: the
+  time this machine's disk needs to make that output durable, a floor for any
+  engine that fsyncs it
 
 Runs are interleaved (each round runs every contender once) with the page cache
 warm (one unmeasured round first), ``sync`` before each run so that one
@@ -76,7 +79,7 @@ SEED_OF = {"Bd": "B"}
 REBUILT_FROM = {"C": "B", "Ac": "A"}
 DB_NAMES = [b"db0", b"db1", b"db2", b"db3"]
 
-CONTENDERS = ["rebuild", "compact", "raw", "mdb_copy-c", "cp-a", "cp-a+sync", "floor"]
+CONTENDERS = ["rebuild", "compact", "raw", "mdb_copy-c", "cp-a", "cp-a+sync", "pages", "floor"]
 DEFAULT_CONTENDERS = CONTENDERS[:5]
 
 
@@ -154,6 +157,14 @@ def driver(engine: str, src: str, dst: str) -> None:
 
         rebuild_environment(src, dst)
         return
+    if engine == "pages":
+        from synfast.lmdb.pages import copy_pages
+        from synfast.lmdb.snapshot import open_snapshot
+
+        os.mkdir(dst)
+        out = Path(dst, "data.mdb")
+        copy_pages(open_snapshot(src), out, out, src)
+        return
     from synfast.lmdb import env as lmdbenv
     from synfast.lmdb import meta as lmdbmeta
 
@@ -176,7 +187,7 @@ TIME = ["/usr/bin/time", "-f", "%M", "-o", os.fspath(TIME_OUT)]
 
 
 def command(engine: str, src: Path, dst: Path, floor_bytes: int = 0) -> list[str]:
-    if engine in ("rebuild", "compact", "raw"):
+    if engine in ("rebuild", "compact", "raw", "pages"):
         return [*TIME, sys.executable, "-m", "bench.lmdb_engines", "--drive", engine,
                 os.fspath(src), os.fspath(dst)]
     if engine == "mdb_copy-c":
@@ -280,9 +291,19 @@ def check_same(src: Path, dst: Path) -> bool:
     return digest(src) == digest(dst)
 
 
-def bench(name: str, scale: float, runs: int, only: list[str], verify: bool) -> None:
+def bench(name: str, scale: float, runs: int, only: list[str], verify: bool,
+          on: Path | None = None) -> None:
     src = build_dataset(name, scale)
     out = CACHE / "out"
+    if on is not None:
+        # Source and outputs on the filesystem at ``on`` (a reflink XFS, say):
+        # the dataset is copied there once, sparse, with its own blocks.
+        placed = on / f"{name}-scale{scale:g}"
+        if not (placed / ".complete").exists():
+            subprocess.run(["rm", "-rf", os.fspath(placed)], check=True)
+            subprocess.run(["cp", "-a", "--reflink=never", os.fspath(src), os.fspath(placed)],
+                           check=True)
+        src, out = placed, on / "out"
     out.mkdir(exist_ok=True)
     results: dict[str, list[dict[str, float]]] = {e: [] for e in only}
     memory: dict[str, dict[str, float]] = {}
@@ -293,7 +314,9 @@ def bench(name: str, scale: float, runs: int, only: list[str], verify: bool) -> 
             dst = out / f"{name}-{engine}"
             r = run_one(engine, src, dst, poll=0.02 if rnd == runs + 1 else 0.0,
                         floor_bytes=floor_bytes)
-            if engine == "rebuild":
+            if engine == "pages":
+                floor_bytes = int(r["allocated"])
+            elif engine == "rebuild" and "pages" not in only:
                 floor_bytes = int(r["apparent"])
             shutil.rmtree(dst)            # frees its page cache before the next run
             if rnd == runs + 1:
@@ -333,15 +356,15 @@ def bench(name: str, scale: float, runs: int, only: list[str], verify: bool) -> 
               f"| {med([r['allocated'] for r in rs]) / 1e9:.3f} "
               f"| {memory[engine]['anon'] / 1e6:.0f} "
               f"| {max(r['maxrss'] for r in [*rs, memory[engine]]) / 1e6:.0f} |")
-    if "rebuild" in only:
-        # Per-round ratios: contenders of one round ran back to back, so their
-        # ratio moves less than the medians do between rounds.
-        print()
-        for ref in ("cp-a", "cp-a+sync", "mdb_copy-c", "floor"):
-            if ref in only:
-                pairs = zip(results["rebuild"], results[ref], strict=True)
+    # Per-round ratios: contenders of one round ran back to back, so their
+    # ratio moves less than the medians do between rounds.
+    print()
+    for mine in ("rebuild", "pages"):
+        for ref in ("cp-a", "cp-a+sync", "mdb_copy-c", "floor", "rebuild"):
+            if mine in only and ref in only and ref != mine:
+                pairs = zip(results[mine], results[ref], strict=True)
                 ratios = [r["wall"] / c["wall"] for r, c in pairs]
-                print(f"# {name}: rebuild / {ref} per round: "
+                print(f"# {name}: {mine} / {ref} per round: "
                       + " ".join(f"{x:.2f}" for x in ratios)
                       + f" (median {statistics.median(ratios):.2f})")
 
@@ -360,6 +383,8 @@ def main() -> None:
                     help=f"comma-separated contenders of {', '.join(CONTENDERS)} "
                     "(default: the first five)")
     ap.add_argument("--no-verify", action="store_true")
+    ap.add_argument("--on", type=Path, metavar="DIR",
+                    help="put the source and the outputs under DIR (e.g. a reflink XFS mount)")
     ap.add_argument("--build-only", action="store_true", help="only build the datasets")
     ap.add_argument("--unsteady", action="store_true",
                     help="leave free page reporting as it is (see bench/steady.py)")
@@ -383,7 +408,7 @@ def main() -> None:
     with steady_memory(not args.unsteady) as how:
         print(f"# {how}", file=sys.stderr)
         for name in names:
-            bench(name, args.scale, args.runs, only, not args.no_verify)
+            bench(name, args.scale, args.runs, only, not args.no_verify, args.on)
 
 
 if __name__ == "__main__":

@@ -45,7 +45,7 @@ from pathlib import Path
 
 from synfast.errors import UsageError
 from synfast.files.sparse import shares_blocks
-from synfast.lmdb.env import EnvCopyResult, copy_environment
+from synfast.lmdb.env import EnvCopyResult, copy_environment, require_reader_slot
 from synfast.lmdb.meta import EnvLocation, read_meta
 from synfast.lmdb.pages import copy_pages
 from synfast.lmdb.snapshot import Snapshot, begin_together, open_snapshot, rebuild_data_file
@@ -105,7 +105,8 @@ class EnvironmentCopier:
         """Open and begin, back to back, the snapshots of the environments
         ``(key, location)`` that the engine copies from a snapshot; decide
         every other one's engine.  On failure every snapshot opened is closed."""
-        for key, _ in envs:
+        for key, loc in envs:
+            require_reader_slot(loc)
             self.chosen[key] = self.engine
         if self.engine not in (*SNAPSHOT_ENGINES, "auto") or not envs:
             return

@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from synfast.errors import DESTINATION_ERRNOS, convert_error
+from synfast.errors import DESTINATION_ERRNOS, CopyFailed, convert_error
 from synfast.lmdb import _lmdb
 from synfast.lmdb.meta import META_LEN, EnvLocation, parse_meta, require_location
 
@@ -233,6 +233,30 @@ def lock_state(lock_path: str | os.PathLike[str]) -> tuple[bool, int]:
     """Whether a live process holds LMDB's shared lock on ``lock_path``, and its
     pid (0 when it is in another PID namespace)."""
     return _lmdb.lock_state(os.fspath(lock_path))
+
+
+def require_reader_slot(loc: EnvLocation) -> None:
+    """Refuse to copy an environment whose lock file is on a read-only
+    filesystem while a live process has it open.
+
+    LMDB opens such an environment without its reader table (it gives up on
+    the lock file only for a read-only filesystem), so a read transaction is
+    not registered and a writer elsewhere may reuse the pages being copied.
+    With no process holding the environment open nobody writes it, and the
+    copy is safe."""
+    lock_path = loc.lock_path
+    try:
+        read_only = bool(os.statvfs(lock_path.parent).f_flag & os.ST_RDONLY)
+        held, pid = lock_state(lock_path) if read_only and lock_path.exists() else (False, 0)
+    except OSError:
+        return
+    if held and pid != os.getpid():
+        who = f"process {pid}" if pid else "a process in another PID namespace"
+        raise CopyFailed(
+            loc.path, f"{who} has it open, and its lock file {lock_path} is on a read-only "
+            "filesystem, so a copy cannot register as a reader and the writer may reuse "
+            "the pages being copied",
+            "mount it so that its lock file is writable, or stop the service first")
 
 
 def environments_in_use(root: Path) -> list[tuple[Path, int]]:

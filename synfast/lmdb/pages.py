@@ -53,7 +53,7 @@ MERGE_PAGES_CLONE = 8
 #: fsync at the end finds little left to write.
 WRITEBACK_BYTES = 64 << 20
 
-#: What the LMDB codes of a failed check mean to the user of the pages engine.
+#: The plan's checks whose failure means a damaged free database or meta page.
 _CHECKS = ("check meta", "read free pages")
 
 
@@ -81,6 +81,7 @@ def copy_pages(snap: Snapshot, out: Path, display: Path, source: str | os.PathLi
         except OSError as err:
             raise convert_error(err, display) from err
         try:
+            os.fchmod(fd, mode & 0o7777)        # the mode asked for, whatever the umask
             moved = _fill(src_fd, fd, plan, size, reflink, copy_file_range, writeback,
                           display, source)
         except BaseException:

@@ -701,3 +701,44 @@ def test_reflink_never_writes_its_own_blocks_on_xfs(on_xfs: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert digest(dst) == digest(src)
     assert not any(shared for _, _, shared in fiemap(dst / "data.mdb"))
+
+
+# ------------------------------------------------------------------ a lock file nobody can write
+
+HOLDER = """
+import sys, time, lmdb
+env = lmdb.open(sys.argv[1], max_dbs=8, map_size=1 << 30)
+print("open", flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root for a read-only bind mount")
+@pytest.mark.parametrize("engine", ["pages", "rebuild", "raw"])
+def test_lock_file_on_a_read_only_mount(tmp_path: Path, engine: str) -> None:
+    """LMDB opens an environment whose lock file is on a read-only filesystem
+    without its reader table: our read transaction would not be registered.
+    With a live process holding it open the copy is refused; with none it is safe."""
+    src = quiet_source(tmp_path / "src")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    subprocess.run(["mount", "--bind", os.fspath(src), os.fspath(ro)], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", os.fspath(ro)], check=True)
+        proc = run_cli("copy", "--lmdb-engine", engine, ro, tmp_path / "quiet")
+        assert proc.returncode == 0, proc.stderr
+        assert mdb_dump(tmp_path / "quiet") == mdb_dump(src)
+        holder = subprocess.Popen([sys.executable, "-c", HOLDER, os.fspath(src)],
+                                  stdout=subprocess.PIPE, text=True)
+        try:
+            assert holder.stdout is not None and holder.stdout.readline() == "open\n"
+            proc = run_cli("copy", "--lmdb-engine", engine, ro, tmp_path / "held")
+            assert_one_line_error(proc, f"process {holder.pid} has it open", "read-only",
+                                  code=1)
+            assert not (tmp_path / "held").exists()
+            assert [n for n in os.listdir(tmp_path) if "synfast" in n] == []
+        finally:
+            holder.kill()
+            holder.wait()
+    finally:
+        subprocess.run(["umount", os.fspath(ro)], check=True)

@@ -705,12 +705,6 @@ def test_reflink_never_writes_its_own_blocks_on_xfs(on_xfs: Path) -> None:
 
 # ------------------------------------------------------------------ a lock file nobody can write
 
-HOLDER = """
-import sys, time, lmdb
-env = lmdb.open(sys.argv[1], max_dbs=8, map_size=1 << 30)
-print("open", flush=True)
-time.sleep(60)
-"""
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root for a read-only bind mount")
@@ -729,9 +723,9 @@ def test_lock_file_on_a_read_only_mount(tmp_path: Path, engine: str) -> None:
         assert proc.returncode == 0, proc.stderr
         assert mdb_dump(tmp_path / "quiet") == mdb_dump(src)
         holder = subprocess.Popen([sys.executable, "-c", HOLDER, os.fspath(src)],
-                                  stdout=subprocess.PIPE, text=True)
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         try:
-            assert holder.stdout is not None and holder.stdout.readline() == "open\n"
+            assert holder.stdout is not None and holder.stdout.readline() == "ready\n"
             proc = run_cli("copy", "--lmdb-engine", engine, ro, tmp_path / "held")
             assert_one_line_error(proc, f"process {holder.pid} has it open", "read-only",
                                   code=1)
@@ -739,6 +733,6 @@ def test_lock_file_on_a_read_only_mount(tmp_path: Path, engine: str) -> None:
             assert [n for n in os.listdir(tmp_path) if "synfast" in n] == []
         finally:
             holder.kill()
-            holder.wait()
+            holder.wait(timeout=30)
     finally:
         subprocess.run(["umount", os.fspath(ro)], check=True)

@@ -190,9 +190,7 @@ def copy_open_file(
         )
     except OSError as err:
         if reflink == "always" and raw_is_clone_refusal(err):
-            raise CopyFailed(dst_path, f"cannot reflink from {src_path}: {err.strerror}",
-                             "use --reflink=auto, or copy within one filesystem that "
-                             "supports reflinks (XFS, btrfs)") from err
+            raise reflink_refused(src_path, dst_path, err.strerror) from err
         side = (display_dst or dst_path) if err.errno in DESTINATION_ERRNOS else src_path
         raise convert_error(err, side) from err
     if raw["changed"]:
@@ -207,6 +205,15 @@ def copy_open_file(
         bytes_written=raw["bytes_written"], bytes_cloned=raw["bytes_cloned"],
         zero_bytes_skipped=raw["zero_bytes_skipped"],
     )
+
+
+def reflink_refused(src: str | os.PathLike[str], dst: str | os.PathLike[str],
+                    why: str) -> CopyFailed:
+    """The error of ``--reflink=always`` where the destination cannot share
+    blocks with the source."""
+    return CopyFailed(dst, f"cannot reflink from {src}: {why}",
+                      "use --reflink=auto, or copy within one filesystem that supports "
+                      "reflinks (XFS, btrfs)")
 
 
 def raw_is_clone_refusal(err: OSError) -> bool:

@@ -36,7 +36,12 @@ from synfast.errors import (
     SynfastError,
     convert_error,
 )
-from synfast.files.sparse import copy_ranges, shares_blocks, use_copy_file_range
+from synfast.files.sparse import (
+    copy_ranges,
+    reflink_refused,
+    shares_blocks,
+    use_copy_file_range,
+)
 from synfast.lmdb.env import LmdbError
 from synfast.lmdb.meta import snapshot_meta_pages
 from synfast.lmdb.snapshot import Snapshot
@@ -71,8 +76,11 @@ def copy_pages(snap: Snapshot, out: Path, display: Path, source: str | os.PathLi
     """
     try:
         src_fd = snap.fileno()
+        clones = reflink != "never" and shares_blocks(src_fd, out.parent)
+        if reflink == "always" and not clones:
+            raise reflink_refused(source, display, "the destination's filesystem cannot "
+                                  "share blocks with it")
         if merge_pages is None:
-            clones = reflink != "never" and shares_blocks(src_fd, out.parent)
             merge_pages = MERGE_PAGES_CLONE if clones else MERGE_PAGES_COPY
         plan = _plan(snap, merge_pages, source)
         size = max(os.fstat(src_fd).st_size, (plan["last_pgno"] + 1) * plan["page_size"])

@@ -705,8 +705,6 @@ def test_reflink_never_writes_its_own_blocks_on_xfs(on_xfs: Path) -> None:
 
 # ------------------------------------------------------------------ a lock file nobody can write
 
-
-
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root for a read-only bind mount")
 @pytest.mark.parametrize("engine", ["pages", "rebuild", "raw"])
 def test_lock_file_on_a_read_only_mount(tmp_path: Path, engine: str) -> None:
@@ -736,3 +734,13 @@ def test_lock_file_on_a_read_only_mount(tmp_path: Path, engine: str) -> None:
             holder.wait(timeout=30)
     finally:
         subprocess.run(["umount", os.fspath(ro)], check=True)
+
+
+def test_reflink_always_where_blocks_cannot_be_shared(tmp_path: Path) -> None:
+    """``--reflink always`` with the pages engine on a filesystem without
+    reflinks (tmp_path is not XFS or btrfs): one line, nothing copied or left."""
+    src = quiet_source(tmp_path / "src")
+    proc = run_cli("copy", "--lmdb-engine", "pages", "--reflink", "always", src,
+                   tmp_path / "dst")
+    assert_one_line_error(proc, "cannot reflink", "--reflink=auto", code=1)
+    assert sorted(os.listdir(tmp_path)) == ["src"]

@@ -4,6 +4,7 @@ says what to install, instead of a compiler error about lmdb.h."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -33,3 +34,17 @@ def test_extensions_are_linked_against_the_system_liblmdb() -> None:
     assert pc.returncode == 0
     assert f"{major}.{minor}.{patch}" == pc.stdout.strip()
     assert banner.startswith("LMDB ")
+
+
+def test_no_typed_memoryviews_in_the_extensions() -> None:
+    """Cython's typed memoryviews bring module-init code that registers its
+    types with collections.abc inside a bare ``except: pass``: a Ctrl-C or
+    SIGTERM that arrives while such an extension is first imported (synfast
+    imports them lazily, in the middle of a copy) is swallowed, and the
+    command runs on to the end.  Extensions take bytes instead."""
+    root = ROOT / "ext"
+    typed_view = re.compile(r"^\s*cdef\b[^#\n]*\[\s*:+\s*(1\s*)?\]", re.M)
+    offenders = [f"{p.relative_to(root)}: {m.group(0).strip()}"
+                 for p in sorted([*root.rglob("*.pyx"), *root.rglob("*.pxi")])
+                 for m in typed_view.finditer(p.read_text())]
+    assert offenders == []

@@ -309,10 +309,14 @@ def segment_digests(int fd, list segments, int mode=C_FOUR_LANES):
 
 def blake2b_256(data):
     """BLAKE2b-256 of ``data`` by this module's own compression (for tests)."""
-    cdef const uint8_t[::1] view = data
+    # bytes, not a typed memoryview: Cython's memoryview support registers its
+    # types with collections.abc at import, inside a bare "except: pass" that
+    # would swallow a Ctrl-C or SIGTERM arriving then.
+    cdef bytes raw = bytes(data)
+    cdef const uint8_t *view = <const uint8_t *><const char *>raw
     cdef uint64_t h[8]
     cdef uint8_t block[128]
-    cdef size_t n = view.shape[0], off = 0
+    cdef size_t n = len(raw), off = 0
     cdef uint64_t t = 0
     sf_b2_init(h, 32)
     while n - off > 128:

@@ -83,17 +83,22 @@ def copy_ranges(int src_fd, int dst_fd, ranges, *, int clone=C_CLONE_RANGES,
     """Copy the byte ranges ``ranges`` of the file open on ``src_fd`` to the same
     offsets of ``dst_fd``, a new file the caller has already sized.
 
-    ``ranges`` is a buffer of int64 (offset, length) pairs, sorted and not
-    overlapping.  With ``clone`` (CLONE_RANGES) the data is shared by
+    ``ranges`` is bytes of native int64 (offset, length) pairs, sorted and
+    not overlapping.  With ``clone`` (CLONE_RANGES) the data is shared by
     FICLONERANGE where both files are on one filesystem that can;
     where it cannot (ext4, tmpfs, two filesystems) or with CLONE_NONE, the
     parts of each range inside the source's data extents move by
     copy_file_range, splice or pread/pwrite, and holes are never read.  The
     destination is not synced.  Returns a dict of what was done.
     """
-    cdef const int64_t[:] view = memoryview(ranges).cast("B").cast("q")
-    cdef Py_ssize_t n = view.shape[0] // 2
-    cdef const int64_t *r = &view[0] if view.shape[0] else NULL
+    # bytes, not a typed memoryview: Cython's memoryview support registers its
+    # types with collections.abc when the module is imported, inside a bare
+    # "except: pass" that would swallow a Ctrl-C or SIGTERM arriving then.
+    cdef bytes packed = ranges
+    cdef Py_ssize_t n = len(packed) // 16
+    cdef const int64_t *r = <const int64_t *><const char *>packed
+    if len(packed) % 16:
+        raise ValueError("ranges must be whole (offset, length) int64 pairs")
     cdef CopyStats cs
     cdef ExtentList ext
     cdef stat sst, dst_st

@@ -181,6 +181,14 @@ def xfs_reflink() -> Iterator[Path]:
     yield from _mount_image("xfs", 1 << 30, ["mkfs.xfs", "-q", "-f", "-m", "reflink=1"], "")
 
 
+@pytest.fixture
+def on_xfs(xfs_reflink: Path) -> Iterator[Path]:
+    """A fresh directory on the session's reflink XFS, removed afterwards."""
+    d = Path(tempfile.mkdtemp(prefix="synfast-", dir=xfs_reflink))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def ramfs() -> Iterator[Path]:
     """A filesystem without SEEK_DATA/SEEK_HOLE support (generic llseek): the

@@ -28,7 +28,7 @@ from tests.conftest import (
     run_cli,
     write_layout,
 )
-from tests.live_writer import WINDOW, WRITER, check_snapshot
+from tests.live_writer import check_snapshot, start_writer, wait_for_txnid
 
 
 @pytest.mark.parametrize("engine", list(ENGINES))
@@ -187,16 +187,9 @@ def live_service(tmp_path: Path):
     try:
         for name in ("a.lmdb", "sub/b.lmdb"):
             (svc / name).parent.mkdir(exist_ok=True)
-            p = subprocess.Popen([sys.executable, "-c", WRITER, str(svc / name), str(WINDOW)],
-                                 stdout=subprocess.PIPE, text=True)
-            procs.append(p)
-            assert p.stdout.readline().strip() == "ready"
-        deadline = time.monotonic() + 30
+            procs.append(start_writer(svc / name))
         for name in ("a.lmdb", "sub/b.lmdb"):
-
-            while lmdbmeta.read_meta(svc / name / "data.mdb").txnid < 200:
-                assert time.monotonic() < deadline
-                time.sleep(0.01)
+            wait_for_txnid(svc / name, 200, seconds=15)
         yield svc, procs
     finally:
         for p in procs:

@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 import lmdb
-import pytest
 
 from synfast.backup import manifest
 from tests.backup.service import ENVS, backup_ok, service
@@ -90,13 +87,6 @@ def test_restored_service_takes_writes_with_writemap(tmp_path: Path) -> None:
         assert "database=after-restore" in after and after != before
     # the backup itself was not touched by the writes to the restored copy
     assert run_cli("verify", bk).returncode == 0
-
-
-@pytest.fixture
-def on_xfs(xfs_reflink: Path):
-    d = Path(tempfile.mkdtemp(prefix="backup-", dir=xfs_reflink))
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 def test_auto_backs_up_with_pages_where_blocks_can_be_shared(on_xfs: Path) -> None:

@@ -8,9 +8,7 @@ whether blocks are shared with FIEMAP (``filefrag -v``), never from the report.
 from __future__ import annotations
 
 import os
-import shutil
 import struct
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -117,13 +115,6 @@ def test_no_ranges_copy_nothing(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------ XFS with reflinks
-
-@pytest.fixture
-def on_xfs(xfs_reflink: Path):
-    d = Path(tempfile.mkdtemp(prefix="ranges-", dir=xfs_reflink))
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
-
 
 def xfs_source(path: Path) -> None:
     """4 MiB of data with a hole in the middle, fsynced (so that its blocks exist)."""

@@ -13,9 +13,6 @@ key, or fail to open at all.
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -23,24 +20,7 @@ import pytest
 from synfast.copy import tree
 from synfast.lmdb import env as lmdbenv
 from synfast.lmdb import meta as lmdbmeta
-from tests.live_writer import WINDOW, WRITER, check_snapshot
-
-
-@pytest.fixture
-def live_env(tmp_path: Path):
-    path = tmp_path / "live.lmdb"
-    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(WINDOW)],
-                            stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout.readline().strip() == "ready"
-        deadline = time.monotonic() + 30
-        while lmdbmeta.read_meta(path / "data.mdb").txnid < 200:
-            assert time.monotonic() < deadline and proc.poll() is None
-            time.sleep(0.01)
-        yield path, proc
-    finally:
-        proc.kill()
-        proc.wait(timeout=30)
+from tests.live_writer import check_snapshot
 
 
 @pytest.mark.parametrize("engine", ["compact", "raw"])

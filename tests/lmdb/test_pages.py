@@ -15,19 +15,15 @@ import json
 import os
 import random
 import re
-import shutil
 import struct
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import lmdb
 import pytest
 
 from synfast.errors import CorruptEnvironment
-from synfast.lmdb import meta as lmdbmeta
 from synfast.lmdb.pages import MERGE_PAGES_CLONE, copy_pages
 from synfast.lmdb.snapshot import open_snapshot, open_snapshots
 from tests.conftest import (
@@ -38,7 +34,7 @@ from tests.conftest import (
     mdb_dump,
     run_cli,
 )
-from tests.live_writer import TWO_ENV_WRITER, WINDOW, WRITER, check_snapshot
+from tests.live_writer import check_snapshot, start_writer, wait_for_txnid
 
 PS = 4096                    # the page size of every environment made here
 MAP_SIZE = 1 << 30
@@ -494,33 +490,6 @@ def test_meta_page_that_is_not_the_snapshots_is_refused(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------ a live writer
 
-@pytest.fixture
-def live_env(tmp_path: Path):
-    path = tmp_path / "live.lmdb"
-    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(WINDOW)],
-                            stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout.readline().strip() == "ready"
-        wait_for_txnid(path, 200, proc)
-        yield path, proc
-    finally:
-        proc.kill()
-        proc.wait(timeout=30)
-
-
-def wait_for_txnid(path: Path, txnid: int, *writers: subprocess.Popen) -> None:
-    """Until the environment's newest meta page says ``txnid`` (no timing is
-    asserted: the deadline only keeps a dead writer from hanging the test)."""
-    deadline = time.monotonic() + 60
-    while True:
-        meta = lmdbmeta.read_meta(path / "data.mdb") if (path / "data.mdb").exists() else None
-        if meta is not None and meta.txnid >= txnid:
-            return
-        assert all(w.poll() is None for w in writers), "writer died"
-        assert time.monotonic() < deadline, "writer made no progress"
-        time.sleep(0.002)
-
-
 def pages_in_use(path: Path) -> set[int]:
     """The pages a live environment uses now (mdb_stat's own read transaction)."""
     free = free_page_numbers(path)
@@ -560,10 +529,8 @@ def test_copies_under_continuous_commits_are_each_one_snapshot(tmp_path: Path,
 
 def test_two_environments_copied_together_under_one_writer(tmp_path: Path) -> None:
     paths = [tmp_path / "a.lmdb", tmp_path / "b.lmdb"]
-    writer = subprocess.Popen([sys.executable, "-c", TWO_ENV_WRITER, str(WINDOW),
-                               *map(str, paths)], stdout=subprocess.PIPE, text=True)
+    writer = start_writer(*paths)
     try:
-        assert writer.stdout.readline().strip() == "ready"
         for p in paths:
             wait_for_txnid(p, 200, writer)
         for n in range(6):
@@ -585,13 +552,6 @@ def test_two_environments_copied_together_under_one_writer(tmp_path: Path) -> No
 
 
 # ------------------------------------------------------------------ XFS with reflinks
-
-@pytest.fixture
-def on_xfs(xfs_reflink: Path):
-    d = Path(tempfile.mkdtemp(prefix="pages-", dir=xfs_reflink))
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
-
 
 def big_source(path: Path) -> Path:
     """About 50 MB of data: values of 8 pages and small keys, then every fourth

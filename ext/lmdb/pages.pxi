@@ -338,6 +338,7 @@ cdef dict plan_pages(MDB_txn *txn, path, unsigned int page_size, const unsigned 
     database, and return the page plan (see Snapshot.page_plan).  ``j`` holds
     the snapshot's named databases (Snapshot._find_databases)."""
     cdef MDB_stat st
+    cdef MDB_stat core[2]       # the free and main databases
     cdef unsigned int flags = 0, psize = (<const unsigned int *>(meta + MM_DBS))[0]
     cdef uint64_t last_pg = _u64(meta + MM_LAST_PG)
     cdef uint64_t txnid = _u64(meta + MM_TXNID)
@@ -359,16 +360,17 @@ cdef dict plan_pages(MDB_txn *txn, path, unsigned int page_size, const unsigned 
                         f"the meta page of txn {txnid} says {last_pg + 1} pages of {psize} "
                         f"bytes, but the data file holds {file_size} bytes", "check meta")
     for d in range(2):
-        rc = mdb_stat(txn, d, &st)
+        rc = mdb_stat(txn, d, &core[d])
         if rc:
             raise_lmdb(path, rc, "stat")
         mdb_dbi_flags(txn, d, &flags)
-        problem = _db_mismatch(meta + MM_DBS + d * DB_REC, &st, <int>(flags & 0xffff) if d else -1)
+        problem = _db_mismatch(meta + MM_DBS + d * DB_REC, &core[d],
+                               <int>(flags & 0xffff) if d else -1)
         if problem is not None:
             raise LmdbError(path, MDB_CORRUPTED,
                             f"the meta page of txn {txnid} does not match its snapshot: "
                             f"{'main' if d else 'free'} database {problem}", "check meta")
-        used += st.ms_branch_pages + st.ms_leaf_pages + st.ms_overflow_pages
+        used += core[d].ms_branch_pages + core[d].ms_leaf_pages + core[d].ms_overflow_pages
     if j.main_flags & MDB_DUPSORT:
         dupsort = True
     for i in range(j.n_named):
@@ -407,9 +409,8 @@ cdef dict plan_pages(MDB_txn *txn, path, unsigned int page_size, const unsigned 
         # Every branch and leaf page of every tree is in use (its branch pages
         # are read; its leaves, the bulk, are not).
         for d in range(2):
-            mdb_stat(txn, d, &st)
             check_tree(fd, path, psize, txnid, "main" if d else "free",
-                       _u64(meta + MM_DBS + d * DB_REC + 40), &st, &fl,
+                       _u64(meta + MM_DBS + d * DB_REC + 40), &core[d], &fl,
                        d == 1 and (j.main_flags & MDB_DUPSORT) != 0)
         for i in range(j.n_named):
             key.mv_size = j.named[i].len

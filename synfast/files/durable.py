@@ -27,9 +27,10 @@ import contextlib
 import errno
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from synfast.errors import convert_error
 from synfast.files import _durable
 
 __all__ = [
@@ -70,6 +71,29 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def new_file(path: str | os.PathLike[str], mode: int = 0o600, *,
+             display: str | os.PathLike[str] | None = None) -> Iterator[int]:
+    """Create ``path`` exclusively (never replacing anything) and yield its
+    descriptor, open for reading and writing.  If the body fails the file is
+    removed, so a failed copy never leaves a file behind; the descriptor is
+    closed either way.  A failure to create it names ``display`` when given
+    (the final name of a temporary file), else it is raised as it is."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    except OSError as err:
+        if display is None:
+            raise
+        raise convert_error(err, display) from err
+    try:
+        yield fd
+    except BaseException:
+        os.close(fd)
+        os.unlink(path)
+        raise
+    os.close(fd)
 
 
 def remove_path(path: str | os.PathLike[str]) -> None:

@@ -244,17 +244,8 @@ def new_copy_fds(src: Path, dst: Path, display_dst: Path | None = None,
     except OSError as err:
         raise convert_error(err, src) from err
     try:
-        try:
-            dst_fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        except OSError as err:
-            raise convert_error(err, display_dst or dst) from err
-        try:
+        with durable.new_file(dst, display=display_dst or dst) as dst_fd:
             yield src_fd, dst_fd
-        except BaseException:
-            os.close(dst_fd)
-            os.unlink(dst)
-            raise
-        os.close(dst_fd)
     finally:
         os.close(src_fd)
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from synfast.errors import DESTINATION_ERRNOS, CopyFailed, convert_error
+from synfast.files.durable import new_file
 from synfast.lmdb import _lmdb
 from synfast.lmdb.meta import META_LEN, EnvLocation, parse_meta, require_location
 
@@ -176,8 +177,7 @@ def copy_environment(
     dst = Path(dst_file)
     data_st = os.stat(src.data_path)
     started = time.time()
-    fd = os.open(dst, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode & 0o7777)
-    try:
+    with new_file(dst, mode & 0o7777) as fd:
         try:
             with _writeback_while(fd, writeback):
                 raw = _lmdb.env_copy(os.fspath(src.path), fd, src.subdir, engine == "compact")
@@ -189,11 +189,6 @@ def copy_environment(
                                    display_dst or dst) from err
             raise convert_error(err, src.data_path) from err
         head = os.pread(fd, raw["page_size"] + META_LEN, 0)
-    except BaseException:
-        os.close(fd)
-        os.unlink(dst)
-        raise
-    os.close(fd)
     metas = [m for m in (parse_meta(head), parse_meta(head[raw["page_size"]:])) if m]
     out_meta = max((m[1] for m in metas), key=lambda m: m.txnid)
     if engine == "raw":

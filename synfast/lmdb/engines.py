@@ -97,6 +97,8 @@ class EnvironmentCopier:
         self.reflink = reflink
         self.snapshots: dict[str, Snapshot] = {}
         self.chosen: dict[str, str] = {}
+        #: Environments whose destination was found to share blocks with them.
+        self.shares: set[str] = set()
         #: Wall-clock bounds of the moment the snapshots were begun in, if any were.
         self.snapshot_time: float | None = None
         self.snapshot_bound: float | None = None
@@ -121,15 +123,16 @@ class EnvironmentCopier:
         if self.engine != "auto":
             return
         for key, _ in envs:
-            self.chosen[key] = self._auto(self.snapshots[key])
+            self.chosen[key] = self._auto(key, self.snapshots[key])
             if self.chosen[key] not in SNAPSHOT_ENGINES:
                 self.snapshots.pop(key).close()
 
-    def _auto(self, snap: Snapshot) -> str:
-        """``auto``'s engine for one begun snapshot."""
+    def _auto(self, key: str, snap: Snapshot) -> str:
+        """``auto``'s engine for the begun snapshot of environment ``key``."""
         if self.destination is not None:
             where = self.destination if self.destination.is_dir() else self.destination.parent
             if shares_blocks(snap.fileno(), where):
+                self.shares.add(key)
                 return "pages"
         if self.together:
             return "rebuild"
@@ -154,7 +157,7 @@ class EnvironmentCopier:
                                     display_dst=display, writeback=self.writeback)
         data_st = os.stat(loc.data_path)
         if self.chosen[key] == "pages":
-            return self._copy_pages(snap, loc, out, display, mode, data_st)
+            return self._copy_pages(key, snap, loc, out, display, mode, data_st)
         raw = rebuild_data_file(snap, out, display, loc.data_path)
         os.chmod(out, mode & 0o7777)
         meta = read_meta(out)
@@ -167,9 +170,10 @@ class EnvironmentCopier:
             snapshot_time=self.snapshot_time or 0.0,
         )
 
-    def _copy_pages(self, snap: Snapshot, loc: EnvLocation, out: Path, display: Path,
-                    mode: int, data_st: os.stat_result) -> EnvCopyResult:
-        raw = copy_pages(snap, out, display, loc.data_path, mode=mode, reflink=self.reflink)
+    def _copy_pages(self, key: str, snap: Snapshot, loc: EnvLocation, out: Path,
+                    display: Path, mode: int, data_st: os.stat_result) -> EnvCopyResult:
+        raw = copy_pages(snap, out, display, loc.data_path, mode=mode, reflink=self.reflink,
+                         shares=True if key in self.shares else None)
         return EnvCopyResult(
             source=loc.path, destination=out, engine="pages", page_size=raw["page_size"],
             map_size=raw["map_size"], last_pgno=raw["last_pgno"], txnid=raw["txnid"],

@@ -36,6 +36,7 @@ from synfast.errors import (
     SynfastError,
     convert_error,
 )
+from synfast.files.durable import new_file
 from synfast.files.sparse import (
     copy_ranges,
     reflink_refused,
@@ -64,19 +65,24 @@ _CHECKS = ("check meta", "read free pages")
 
 def copy_pages(snap: Snapshot, out: Path, display: Path, source: str | os.PathLike[str], *,
                mode: int = 0o600, reflink: str = "auto", merge_pages: int | None = None,
-               copy_file_range: str = "auto", writeback: bool = True) -> dict[str, Any]:
+               copy_file_range: str = "auto", writeback: bool = True,
+               shares: bool | None = None) -> dict[str, Any]:
     """Copy the begun snapshot ``snap`` page for page into the new data file
     ``out`` (created with ``mode``, fsynced), then close the snapshot.
 
     Errors name ``display`` (the output's final name) for the destination and
     ``source`` for the environment.  On any failure ``out`` is removed.
+    ``shares`` says whether ``out``'s directory can share blocks with the
+    source, for a caller that has already found out (else it is probed).
     Returns the plan's facts (``txnid``, ``page_size``, ``map_size``,
     ``last_pgno``, ``used_pages``, ``free_pages``...) with the copy's
     (``method``, ``bytes_written``, ``bytes_cloned``, ``size``).
     """
     try:
         src_fd = snap.fileno()
-        clones = reflink != "never" and shares_blocks(src_fd, out.parent)
+        if shares is None:
+            shares = reflink != "never" and shares_blocks(src_fd, out.parent)
+        clones = reflink != "never" and shares
         if reflink == "always" and not clones:
             raise reflink_refused(source, display, "the destination's filesystem cannot "
                                   "share blocks with it")
@@ -84,19 +90,10 @@ def copy_pages(snap: Snapshot, out: Path, display: Path, source: str | os.PathLi
             merge_pages = MERGE_PAGES_CLONE if clones else MERGE_PAGES_COPY
         plan = _plan(snap, merge_pages, source)
         size = max(os.fstat(src_fd).st_size, (plan["last_pgno"] + 1) * plan["page_size"])
-        try:
-            fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode & 0o7777)
-        except OSError as err:
-            raise convert_error(err, display) from err
-        try:
+        with new_file(out, mode & 0o7777, display=display) as fd:
             os.fchmod(fd, mode & 0o7777)        # the mode asked for, whatever the umask
             moved = _fill(src_fd, fd, plan, size, reflink, copy_file_range, writeback,
                           display, source)
-        except BaseException:
-            os.close(fd)
-            os.unlink(out)
-            raise
-        os.close(fd)
     finally:
         snap.close()
     del plan["ranges"], plan["meta"]

@@ -346,8 +346,6 @@ def shares_blocks(src_fd: int, dst_dir: str | os.PathLike[str]) -> bool:
     ``src_fd`` (one filesystem with reflinks: XFS, btrfs), found by cloning the
     source's first block into an unnamed file there (O_TMPFILE), which
     vanishes when closed."""
-    from synfast.files import _sparse
-
     st = os.fstat(src_fd)
     try:
         if os.stat(dst_dir).st_dev != st.st_dev or st.st_size < 4096:
@@ -357,8 +355,7 @@ def shares_blocks(src_fd: int, dst_dir: str | os.PathLike[str]) -> bool:
         return False
     try:
         os.ftruncate(fd, 4096)
-        raw = _sparse.copy_ranges(src_fd, fd, struct.pack("=qq", 0, 4096), clone=1,
-                                  allow_copy_file_range=False)
+        raw = copy_ranges(src_fd, fd, struct.pack("=qq", 0, 4096), copy_file_range=False)
         return raw["method"] == "reflink"
     except OSError:
         return False

@@ -230,6 +230,17 @@ def lock_state(lock_path: str | os.PathLike[str]) -> tuple[bool, int]:
     return _lmdb.lock_state(os.fspath(lock_path))
 
 
+def _other_holder(lock_path: Path) -> int | None:
+    """The pid of another live process that has the environment of
+    ``lock_path`` open (0: one in another PID namespace), else None.  A lock is
+    released when its process dies, so a held lock means a live process."""
+    try:
+        held, pid = lock_state(lock_path)
+    except OSError:
+        return None
+    return pid if held and pid != os.getpid() else None
+
+
 def require_reader_slot(loc: EnvLocation) -> None:
     """Refuse to copy an environment whose lock file is on a read-only
     filesystem while a live process has it open.
@@ -242,10 +253,10 @@ def require_reader_slot(loc: EnvLocation) -> None:
     lock_path = loc.lock_path
     try:
         read_only = bool(os.statvfs(lock_path.parent).f_flag & os.ST_RDONLY)
-        held, pid = lock_state(lock_path) if read_only and lock_path.exists() else (False, 0)
     except OSError:
         return
-    if held and pid != os.getpid():
+    pid = _other_holder(lock_path) if read_only and lock_path.exists() else None
+    if pid is not None:
         who = f"process {pid}" if pid else "a process in another PID namespace"
         raise CopyFailed(
             loc.path, f"{who} has it open, and its lock file {lock_path} is on a read-only "
@@ -266,13 +277,8 @@ def environments_in_use(root: Path) -> list[tuple[Path, int]]:
                 lock_path = Path(dirpath) / name
                 if name.endswith("-lock") and not (Path(dirpath) / name[:-5]).is_file():
                     continue
-                try:
-                    held, pid = lock_state(lock_path)
-                except OSError:
-                    continue
-                # A lock is released when its process dies, so a held lock means
-                # a live process; pid 0 is one in another PID namespace.
-                if held and pid != os.getpid():
+                pid = _other_holder(lock_path)
+                if pid is not None:
                     env = lock_path.parent if name == "lock.mdb" else lock_path.with_name(name[:-5])
                     found.append((env, pid))
     return found

@@ -13,6 +13,10 @@ command -v setpriv >/dev/null || missing+=(util-linux)
 command -v rsync >/dev/null || missing+=(rsync)
 command -v gcc >/dev/null || missing+=(gcc)
 [ -x /usr/bin/time ] || missing+=(time)
+# the programs users run beside synfast's streams: the tests use the real ones
+command -v borg >/dev/null || missing+=(borgbackup)
+command -v rclone >/dev/null || missing+=(rclone)
+command -v bsdtar >/dev/null || missing+=(libarchive-tools)
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 
 if [ ${#missing[@]} -eq 0 ]; then
@@ -27,7 +31,7 @@ if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
 fi
 echo "synfast needs these system packages: ${missing[*]}" >&2
 echo "  Debian/Ubuntu: sudo apt-get install ${missing[*]}" >&2
-echo "  Fedora/RHEL:   sudo dnf install lmdb-devel lmdb pkgconf-pkg-config xfsprogs openssl rsync gcc" >&2
-echo "  Alpine:        apk add lmdb-dev lmdb-tools pkgconf xfsprogs openssl rsync build-base" >&2
-echo "  macOS:         brew install lmdb pkg-config openssl rsync" >&2
+echo "  Fedora/RHEL:   sudo dnf install lmdb-devel lmdb pkgconf-pkg-config xfsprogs openssl rsync gcc borgbackup rclone bsdtar" >&2
+echo "  Alpine:        apk add lmdb-dev lmdb-tools pkgconf xfsprogs openssl rsync build-base borgbackup rclone libarchive-tools" >&2
+echo "  macOS:         brew install lmdb pkg-config openssl rsync borgbackup rclone libarchive" >&2
 exit 1

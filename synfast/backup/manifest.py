@@ -58,6 +58,64 @@ def hostname() -> str:
     return socket.gethostname()
 
 
+def document(*, source: Path, destination: str, started: float, opts: Any,
+             records: dict[str, dict], env_records: dict[str, dict], together: bool,
+             times: list[float], skipped: list[dict], excluded: list[str], directories: int,
+             work: list[Any]) -> dict:
+    """The manifest of a finished backup (schema: docs/reference/manifest.md), from
+    the records of its entries (``records``, by path) and environments, the
+    snapshots' times, what was left out, and the planned files and environments
+    (``work``: walk entries, for the source's sizes).  ``opts`` is the
+    :class:`~synfast.backup.options.BackupOptions` it was made with."""
+    from synfast import __version__
+    from synfast.backup import checksum as cks
+
+    envs_out = [env_records[k] for k in sorted(env_records)]
+    finished = time.time()
+    entries = [records[k] for k in sorted(records)]
+    regular = [r for r in entries if r["type"] in ("file", "env")]
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "tool": {"name": "synfast", "version": __version__},
+        "source": str(source),
+        "destination": destination,
+        "host": hostname(),
+        "started": iso(started),
+        "finished": iso(finished),
+        "seconds": round(finished - started, 6),
+        "options": opts.as_manifest(),
+        "checksum": cks.CHECKSUM_ALGORITHM if opts.checksum else None,
+        "checksum_block": cks.BLOCK,
+        "checksum_segment": cks.SEGMENT,
+        "snapshots": {
+            "method": "begun together" if together
+            else "one per environment, when its copy starts",
+            "first": iso(min(times)) if times else None,
+            "last": iso(max(times)) if times else None,
+            "spread_seconds": round(max(times) - min(times), 6) if times else 0.0,
+        },
+        "entries": entries,
+        "environments": envs_out,
+        "skipped": skipped,
+        "excluded": excluded,
+        "totals": {
+            "files": sum(1 for r in regular if r["type"] == "file"),
+            "environments": len(envs_out),
+            "directories": directories,
+            "symlinks": sum(1 for r in entries if r["type"] == "symlink"),
+            "skipped": len(skipped),
+            "excluded": len(excluded),
+            "apparent_bytes": sum(r["size"] for r in regular),
+            "allocated_bytes": sum(r["allocated"] for r in regular),
+            "source_apparent_bytes": sum(e.st.st_size for e in work),
+            "source_allocated_bytes": sum(e.st.st_blocks * 512 for e in work),
+            "environment_bytes_written": sum(e["bytes_written"] for e in envs_out),
+            "entries": sum(e["entries"] for e in envs_out),
+        },
+    }
+
+
 def write_json_durably(path: Path, obj: Any, *, fsync: bool = True) -> None:
     """Write ``obj`` as JSON to ``path``, whole or not at all
     (:func:`synfast.files.durable.write_atomic`)."""
@@ -104,6 +162,10 @@ def validate(obj: Any, where: Path) -> dict:
         v = d.get(key) if isinstance(d, dict) else None
         return isinstance(v, kind) and not isinstance(v, bool)
 
+    def invalid(what: str) -> ManifestError:
+        return ManifestError(where, f"is invalid: {what}",
+                             "it was not written by synfast; do not trust this backup")
+
     seen: set[str] = set()
     with_checksums = isinstance(obj["checksum"], str)
     for i, entry in enumerate(obj["entries"]):
@@ -113,6 +175,9 @@ def validate(obj: Any, where: Path) -> dict:
         kind_ = entry["type"]
         if kind_ not in ("dir", "file", "env", "symlink"):
             raise incomplete(f"entry {i} has an unknown type {kind_!r}")
+        if not _inside(entry["path"], root_ok=kind_ == "dir"):
+            raise invalid(f"entry {i} names {entry['path']!r}, which is not a path inside "
+                          "the backup")
         if entry["path"] in seen:
             raise incomplete(f"entry {i} lists {entry['path']!r} a second time")
         seen.add(entry["path"])
@@ -128,9 +193,20 @@ def validate(obj: Any, where: Path) -> dict:
         for key, kind in _ENV_REQUIRED.items():
             if not has(env, key, kind):
                 raise incomplete(f"environment {i} lacks {key!r}")
+        if not (_inside(env["path"], root_ok=False) and _inside(env["data"], root_ok=False)):
+            raise invalid(f"environment {i} names a path outside the backup")
         if not all(has(env["databases"], name, int) for name in env["databases"]):
             raise incomplete(f"environment {i} has bad 'databases'")
     return obj
+
+
+def _inside(path: str, *, root_ok: bool) -> bool:
+    """Whether a manifest's ``path`` stays inside the backup: relative, no ``..``,
+    ``.`` or empty components (only the root directory's entry is ``""``)."""
+    if path == "":
+        return root_ok
+    return not path.startswith("/") and "\0" not in path and all(
+        part not in ("", ".", "..") for part in path.split("/"))
 
 
 def read(backup: str | os.PathLike[str]) -> dict:

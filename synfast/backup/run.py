@@ -31,8 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from synfast import __version__, workers
-from synfast.backup import checksum as cks
+from synfast import workers
 from synfast.backup import hooks, manifest
 from synfast.backup.options import BackupOptions
 from synfast.backup.pacing import set_ionice
@@ -271,51 +270,12 @@ def _build(the_plan: Plan, partial: Path, report: BackupReport, opts: BackupOpti
 def _manifest(stage: Stage, work: list[Entry], report: BackupReport, opts: BackupOptions,
               started: float) -> dict:
     """The manifest document of a finished stage (schema: docs/reference/manifest.md)."""
-    envs_out = [stage.env_records[k] for k in sorted(stage.env_records)]
-    times = stage.snapshot_times
-    finished = time.time()
-    entries = [stage.records[k] for k in sorted(stage.records)]
-    regular = [r for r in entries if r["type"] in ("file", "env")]
-    return {
-        "format": manifest.FORMAT,
-        "version": manifest.VERSION,
-        "tool": {"name": "synfast", "version": __version__},
-        "source": str(stage.src),
-        "destination": str(report.destination),
-        "host": manifest.hostname(),
-        "started": manifest.iso(started),
-        "finished": manifest.iso(finished),
-        "seconds": round(finished - started, 6),
-        "options": opts.as_manifest(),
-        "checksum": cks.CHECKSUM_ALGORITHM if opts.checksum else None,
-        "checksum_block": cks.BLOCK,
-        "checksum_segment": cks.SEGMENT,
-        "snapshots": {
-            "method": "begun together" if stage.copier.snapshot_time is not None
-            else "one per environment, when its copy starts",
-            "first": manifest.iso(min(times)) if times else None,
-            "last": manifest.iso(max(times)) if times else None,
-            "spread_seconds": round(max(times) - min(times), 6) if times else 0.0,
-        },
-        "entries": entries,
-        "environments": envs_out,
-        "skipped": [_skipped_record(p, t) for p, t in report.skipped],
-        "excluded": report.excluded,
-        "totals": {
-            "files": sum(1 for r in regular if r["type"] == "file"),
-            "environments": len(envs_out),
-            "directories": len(stage.plan.of_kind("dir")),
-            "symlinks": sum(1 for r in entries if r["type"] == "symlink"),
-            "skipped": len(report.skipped),
-            "excluded": len(report.excluded),
-            "apparent_bytes": sum(r["size"] for r in regular),
-            "allocated_bytes": sum(r["allocated"] for r in regular),
-            "source_apparent_bytes": sum(e.st.st_size for e in work),
-            "source_allocated_bytes": sum(e.st.st_blocks * 512 for e in work),
-            "environment_bytes_written": sum(e["bytes_written"] for e in envs_out),
-            "entries": sum(e["entries"] for e in envs_out),
-        },
-    }
+    return manifest.document(
+        source=stage.src, destination=str(report.destination), started=started, opts=opts,
+        records=stage.records, env_records=stage.env_records,
+        together=stage.copier.snapshot_time is not None, times=stage.snapshot_times,
+        skipped=[_skipped_record(p, t) for p, t in report.skipped],
+        excluded=report.excluded, directories=len(stage.plan.of_kind("dir")), work=work)
 
 
 __all__ = ["BackupOptions", "BackupReport", "Partial", "backup", "resolve_destination"]

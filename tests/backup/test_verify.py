@@ -165,3 +165,38 @@ def test_total_entries_of_an_environment_are_checked(made: Path) -> None:
     env = made / "slabs" / "cell.lmdb"
     assert problems(made) == [f"{env}: holds {cell['entries'] - 1} entries in all, the manifest "
                               f"says {cell['entries']}"]
+
+
+@pytest.mark.parametrize("bad", ["../../../etc/hostname", "/etc/hostname", "a/../../x",
+                                 "slabs/./cell.yaml", "slabs//x"])
+@pytest.mark.parametrize("command", ["verify", "restore"])
+def test_a_manifest_naming_paths_outside_the_backup_is_refused_unopened(
+        made: Path, tmp_path: Path, bad: str, command: str) -> None:
+    """A manifest is untrusted: an entry that would make verify or restore look
+    (or write) outside the backup is an invalid manifest, and nothing it names
+    is opened (a lookup would have reported it "missing")."""
+    mf = made / ".synfast" / "manifest.json"
+    doc = json.loads(mf.read_text())
+    entry = next(e for e in doc["entries"] if e["type"] == "file")
+    entry["path"] = bad
+    mf.write_text(json.dumps(doc))
+    args = [made] if command == "verify" else [made, tmp_path / "restored"]
+    proc = run_cli(command, *args)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    # verify lists its problems on stdout (a summary on stderr); restore says one line
+    said = (proc.stdout if command == "verify" else proc.stderr).strip().splitlines()
+    assert len(said) == 1, said
+    assert f"{mf}: is invalid: entry " in said[0] and "not a path inside the backup" in said[0]
+    assert "missing" not in said[0]
+    assert not (tmp_path / "restored").exists()
+    assert not (tmp_path / "restored.partial").exists()
+
+
+def test_an_environment_record_outside_the_backup_is_refused(made: Path) -> None:
+    mf = made / ".synfast" / "manifest.json"
+    doc = json.loads(mf.read_text())
+    doc["environments"][0]["data"] = "../elsewhere/data.mdb"
+    mf.write_text(json.dumps(doc))
+    lines = problems(made)
+    assert lines == [f"{mf}: is invalid: environment 0 names a path outside the backup "
+                     "(it was not written by synfast; do not trust this backup)"]

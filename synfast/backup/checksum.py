@@ -99,3 +99,103 @@ def checksum_file(path: str | os.PathLike[str]) -> str:
         return checksum_fd(fd)
     finally:
         os.close(fd)
+
+
+class StreamChecksum:
+    """The canonical checksum of a file whose content arrives in order, as a
+    stream writes or reads it: :meth:`data` for bytes at an offset, anything
+    skipped being a hole; :meth:`finish` with the file's size.  Same result as
+    :func:`checksum_fd` of the file, computed from bytes already in memory, so
+    a stream never reads its data twice."""
+
+    _ZERO = bytes(BLOCK)
+
+    def __init__(self) -> None:
+        self.pos = 0                    # bytes accounted for so far
+        self.block = bytearray()        # the current block's bytes, when partial
+        self.zrun = 0                   # zero bytes pending in this segment
+        self.seg = hashlib.blake2b(digest_size=32)
+        self.whole = hashlib.blake2b(digest_size=32)
+
+    def data(self, offset: int, buf: bytes | bytearray | memoryview) -> None:
+        """Account ``buf`` at ``offset`` (at or after everything given before)."""
+        if offset < self.pos:
+            raise ValueError("stream checksum fed out of order")
+        self._zeros(offset - self.pos)
+        mv = memoryview(buf).cast("B")
+        while len(mv):
+            room = BLOCK - len(self.block)
+            if self.block or len(mv) < room:
+                take = min(room, len(mv))
+                self.block += mv[:take]
+                mv = mv[take:]
+                self.pos += take
+                if len(self.block) == BLOCK:
+                    self._block(self.block)
+                    self.block = bytearray()
+            else:
+                n = len(mv) // BLOCK * BLOCK
+                n = min(n, SEGMENT - self.pos % SEGMENT)
+                for i in range(0, n, BLOCK):
+                    self.pos += BLOCK
+                    self._block(mv[i:i + BLOCK])
+                mv = mv[n:]
+
+    def _zeros(self, n: int) -> None:
+        """``n`` zero bytes (a hole) at the current position."""
+        if n and self.block:
+            take = min(n, BLOCK - len(self.block))
+            self.block += bytes(take)
+            self.pos += take
+            n -= take
+            if len(self.block) == BLOCK:
+                self._block(self.block)
+                self.block = bytearray()
+        while n >= BLOCK:
+            # whole zero blocks, a segment at a time
+            room = SEGMENT - self.pos % SEGMENT
+            take = min(n // BLOCK * BLOCK, room)
+            self.zrun += take
+            self.pos += take
+            n -= take
+            if self.pos % SEGMENT == 0:
+                self._end_segment(SEGMENT)
+        if n:
+            self.block += bytes(n)
+            self.pos += n
+
+    def _block(self, b: bytes | bytearray | memoryview) -> None:
+        """One complete block ending at ``self.pos``."""
+        if b == self._ZERO[:len(b)]:
+            self.zrun += len(b)
+        else:
+            if self.zrun:
+                self.seg.update(b"Z" + _U64.pack(self.zrun))
+                self.zrun = 0
+            self.seg.update(b"D")
+            self.seg.update(b)
+        if self.pos % SEGMENT == 0:
+            self._end_segment(SEGMENT)
+
+    def _end_segment(self, length: int) -> None:
+        if self.zrun:
+            self.seg.update(b"Z" + _U64.pack(self.zrun))
+            self.zrun = 0
+        self.seg.update(b"E" + _U64.pack(length))
+        self.whole.update(b"S" + self.seg.digest())
+        self.seg = hashlib.blake2b(digest_size=32)
+
+    def finish(self, size: int) -> str:
+        """The checksum of the file, ``size`` bytes long (the rest is a hole)."""
+        if size < self.pos:
+            raise ValueError("stream checksum given more bytes than the file's size")
+        self._zeros(size - self.pos)
+        if self.block:
+            self.block, last = bytearray(), self.block
+            self._block(last)
+            if self.pos % SEGMENT:
+                self._end_segment(self.pos % SEGMENT)
+        elif self.pos % SEGMENT or self.pos == 0:
+            self._end_segment(self.pos % SEGMENT)
+        self.whole.update(b"E" + _U64.pack(size))
+        return self.whole.hexdigest()

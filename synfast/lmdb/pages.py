@@ -88,7 +88,7 @@ def copy_pages(snap: Snapshot, out: Path, display: Path, source: str | os.PathLi
                                   "share blocks with it")
         if merge_pages is None:
             merge_pages = MERGE_PAGES_CLONE if clones else MERGE_PAGES_COPY
-        plan = _plan(snap, merge_pages, source)
+        plan = snapshot_plan(snap, merge_pages, source)
         size = max(os.fstat(src_fd).st_size, (plan["last_pgno"] + 1) * plan["page_size"])
         with new_file(out, mode & 0o7777, display=display) as fd:
             os.fchmod(fd, mode & 0o7777)        # the mode asked for, whatever the umask
@@ -100,7 +100,8 @@ def copy_pages(snap: Snapshot, out: Path, display: Path, source: str | os.PathLi
     return {**plan, **moved, "size": size}
 
 
-def _plan(snap: Snapshot, merge_pages: int, source: str | os.PathLike[str]) -> dict[str, Any]:
+def snapshot_plan(snap: Snapshot, merge_pages: int,
+                  source: str | os.PathLike[str]) -> dict[str, Any]:
     """The snapshot's page plan, its failures worded for the command line."""
     try:
         return snap.page_plan(merge_pages)

@@ -16,6 +16,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from synfast import workers
 from synfast.backup import manifest
@@ -86,11 +87,7 @@ def restore(
             raise BackupDamaged(bdir, f"fails verification ({len(vr.problems)} problems; "
                                 f"first: {first.path}: {first.message})",
                                 "run synfast verify for the list, and restore another backup")
-    if os.path.lexists(service) and not service.is_dir():
-        raise UsageError(service, "exists and is not a directory", "give a service directory")
-    if not service.parent.is_dir():
-        raise SourceMissing(service.parent, "does not exist (the service directory's parent)",
-                            "create it first")
+    _check_target(service)
     if inside(service.resolve(), bdir.resolve()) or inside(bdir.resolve(), service.resolve()):
         raise UsageError(service, "overlaps the backup", "restore to another place")
     if not force:
@@ -111,6 +108,57 @@ def restore(
         shutil.rmtree(partial, ignore_errors=True)
         raise
     report.files = sum(1 for e in entries if e["type"] == "file")
+    report.environments = len(doc["environments"])
+    report.seconds = time.monotonic() - t0
+    return report
+
+
+def _check_target(service: Path) -> None:
+    """The service directory may be replaced: a directory or nothing, in an existing parent."""
+    if os.path.lexists(service) and not service.is_dir():
+        raise UsageError(service, "exists and is not a directory", "give a service directory")
+    if not service.parent.is_dir():
+        raise SourceMissing(service.parent, "does not exist (the service directory's parent)",
+                            "create it first")
+
+
+def restore_stream(stream: IO[bytes], label: str, service_dir: str | os.PathLike[str], *,
+                   force: bool = False, fsync: bool = True) -> RestoreReport:
+    """Restore the backup stream ``stream`` (named ``label`` in messages) as
+    ``service_dir``: extracted into ``SERVICEDIR.partial`` with every check of
+    :func:`synfast.backup.unstream.extract`, every environment walked, then
+    swapped in as :func:`restore` does.  Any failure removes the partial
+    directory and leaves SERVICEDIR as it was."""
+    from synfast.backup import unstream
+    from synfast.backup import verify as verify_mod
+
+    t0 = time.monotonic()
+    service = Path(os.path.abspath(service_dir))
+    _check_target(service)
+    if not force:
+        _check_not_in_use(service)
+    partial = service.with_name(service.name + ".partial")
+    if os.path.lexists(partial):
+        raise DestinationExists(partial, "exists (left by an interrupted restore?)",
+                                "remove it first")
+    report = RestoreReport(Path(label), service, None, verified=True)
+    os.mkdir(partial, 0o700)
+    try:
+        doc = unstream.extract(stream, partial, label, fsync=fsync)
+        vr = verify_mod.verify(partial, checksums=False, record=False)
+        if vr.problems:
+            first = vr.problems[0]
+            raise BackupDamaged(label, f"fails verification ({len(vr.problems)} problems; "
+                                f"first: {first.path.replace(str(partial), '', 1).lstrip('/')}"
+                                f": {first.message})", "restore another backup")
+        shutil.rmtree(partial / manifest.META_DIR)
+        if not force:
+            _check_not_in_use(service)   # again: the service may have started meanwhile
+        report.moved_aside = _swap_in(partial, service, fsync=fsync)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    report.files = doc["totals"].get("files", 0)
     report.environments = len(doc["environments"])
     report.seconds = time.monotonic() - t0
     return report

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import typer
 
 from synfast.cli._app import app
@@ -11,8 +13,8 @@ from synfast.cli._app import app
 def backup_command(
     src: str = typer.Argument(..., metavar="SRC", help="The service directory to back up."),
     dst: str = typer.Argument(
-        ..., metavar="DST", help="The backup's directory (must not exist); strftime fields such as "
-        "%Y%m%d are expanded."),
+        ..., metavar="DST", help="The backup's directory (must not exist; strftime fields such "
+        "as %Y%m%d are expanded), or - for a tar stream on stdout."),
     lmdb_engine: str = typer.Option(
         "auto", "--lmdb-engine", metavar="ENGINE",
         help="How environments are copied: auto (pages where DST shares blocks with SRC, "
@@ -44,12 +46,18 @@ def backup_command(
     post_cmd: str = typer.Option(
         None, "--post-cmd", metavar="CMD",
         help="Shell command to run at the end, even when the backup fails (e.g. resume)."),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON summary at the end."),
+    scratch: str = typer.Option(
+        None, "--scratch", metavar="DIR",
+        help="For a stream with --lmdb-engine rebuild, compact or raw: where each environment "
+        "is copied before it is streamed (room for the largest one)."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON summary at the end "
+                                  "(on stderr when the backup is streamed to stdout)."),
     quiet: bool = typer.Option(False, "--quiet", "-q",
                                help="Print nothing but warnings and errors."),
 ) -> None:
     """Back up a live service directory: every LMDB environment as a consistent
-    snapshot, other files sparse-safe, atomically (DST.partial, then DST).
+    snapshot, other files sparse-safe, atomically (DST.partial, then DST), or as
+    one tar stream on stdout (DST -) whose last member is the manifest.
 
     Exit codes: 0 done, 1 failed, 2 bad usage, 130 interrupted (Ctrl-C), 143 terminated
     (SIGTERM); an interrupted command leaves nothing half-made behind.
@@ -59,13 +67,15 @@ def backup_command(
     from synfast.cli._render import print_json, size, warn
     from synfast.cli.progress import Reporter
 
-    reporter = Reporter(quiet=quiet or json_out)
+    reporter = Reporter(quiet=quiet or json_out, log_to_stderr=dst == "-")
     try:
         options = BackupOptions(
             lmdb_engine=lmdb_engine, jobs=jobs or None, exclude=tuple(exclude),
             include_tmp=include_tmp, fsync=not no_fsync, checksum=not no_checksum,
             bwlimit=bwlimit, ionice=ionice, drop_cache=not no_drop_cache,
             clean_partial=clean_partial, pre_cmd=pre_cmd, post_cmd=post_cmd)
+        if dst == "-":
+            return _stream_backup(src, options, scratch, reporter, json_out, quiet)
         report = backup(src, dst, options, progress=reporter)
     finally:
         reporter.close()
@@ -90,12 +100,88 @@ def backup_command(
             f"snapshot spread {snaps['spread_seconds']:.6f} s")
 
 
+def _stream_backup(src: str, options: object, scratch: str | None, reporter: object,
+                   json_out: bool, quiet: bool) -> None:
+    """``backup SRC -``: the stream on stdout, everything said on stderr."""
+    import json
+    import sys
+
+    from synfast.backup.stream import backup_stream
+    from synfast.cli._render import size, warn
+    from synfast.errors import UsageError
+
+    if sys.stdout.isatty():
+        raise UsageError(None, "will not write a tar stream to a terminal",
+                         "redirect stdout to a file or pipe it into a program")
+    sys.stdout.flush()
+    report = backup_stream(src, sys.stdout.fileno(), options, scratch=scratch,  # type: ignore[arg-type]
+                           progress=reporter)  # type: ignore[arg-type]
+    for rel in report.changed:
+        warn(f"{report.source / rel}: changed while it was read; streamed as read")
+    if json_out:
+        print(json.dumps(report.as_dict(), indent=2), file=sys.stderr)
+    elif not quiet:
+        t = report.manifest["totals"]
+        typer.echo(f"backup {src} streamed to stdout: {t['files']} files, {t['environments']} "
+                   f"LMDB environments ({t['entries']} entries), {t['symlinks']} symlinks in "
+                   f"{report.seconds:.2f} s; {size(report.bytes_streamed)} streamed", err=True)
+
+
+@app.command("export")
+def export_command(
+    backup: str = typer.Argument(..., metavar="BACKUP",
+                                 help="A backup directory made by synfast backup."),
+    out: str = typer.Argument(..., metavar="OUT", help="- for stdout, or a new tar file."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only errors."),
+) -> None:
+    """Stream a local backup as the tar stream backup SRC - writes (e.g. local every
+    night, then off-site); every checksum is checked as it passes."""
+    import sys
+
+    from synfast.backup.stream import export_stream
+    from synfast.cli._render import size
+    from synfast.errors import DestinationExists, UsageError
+    from synfast.files import durable
+
+    if out == "-":
+        if sys.stdout.isatty():
+            raise UsageError(None, "will not write a tar stream to a terminal",
+                             "redirect stdout to a file or pipe it into a program")
+        sys.stdout.flush()
+        report = export_stream(backup, sys.stdout.fileno())
+    else:
+        if os.path.lexists(out):
+            raise DestinationExists(out, "already exists", "choose a new name")
+        tmp = durable.temp_sibling(out)
+        with durable.new_file(tmp, 0o600, display=out) as fd:
+            report = export_stream(backup, fd, label=out)
+            os.fsync(fd)
+        try:
+            durable.place(tmp, out)
+        except FileExistsError as err:
+            durable.remove_path(tmp)
+            raise DestinationExists(out, "appeared while it was written",
+                                    "choose a new name") from err
+    if not quiet:
+        typer.echo(f"exported {report.source} to {'stdout' if out == '-' else out}: "
+                   f"{size(report.bytes_streamed)} in {report.seconds:.2f} s", err=True)
+
+
+def _is_stream(source: str) -> bool:
+    """``-`` or a regular file: a tar stream rather than a backup directory."""
+    return source == "-" or os.path.isfile(source)
+
+
 @app.command("verify")
 def verify_command(
     backup: str = typer.Argument(..., metavar="BACKUP",
-                                 help="A backup directory made by synfast backup."),
+                                 help="A backup directory made by synfast backup, a tar file "
+                                 "of one, or - for a stream on stdin."),
     no_checksum: bool = typer.Option(False, "--no-checksum",
                                      help="Skip reading contents (sizes, modes, walks only)."),
+    scratch: str = typer.Option(None, "--scratch", metavar="DIR",
+                                help="Where a stream is extracted to be checked (default: "
+                                "the system's temporary directory); removed after."),
     jobs: int = typer.Option(0, "--jobs", "-j", min=0, help="Parallel checksums."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only problems."),
@@ -105,7 +191,13 @@ def verify_command(
     from synfast.backup.verify import verify
     from synfast.cli._render import print_json
 
-    report = verify(backup, checksums=not no_checksum, jobs=jobs or None)
+    if _is_stream(backup):
+        from synfast.backup import unstream
+
+        with unstream.open_stream(backup) as f:
+            report = unstream.verify_stream(f, unstream.stream_label(backup), scratch=scratch)
+    else:
+        report = verify(backup, checksums=not no_checksum, jobs=jobs or None)
     if json_out:
         print_json(report.as_dict())
     else:
@@ -124,7 +216,8 @@ def verify_command(
 @app.command("restore")
 def restore_command(
     backup: str = typer.Argument(..., metavar="BACKUP",
-                                 help="A backup directory made by synfast backup."),
+                                 help="A backup directory made by synfast backup, a tar file "
+                                 "of one, or - for a stream on stdin."),
     service_dir: str = typer.Argument(..., metavar="SERVICEDIR", help="Where the service lives."),
     no_verify: bool = typer.Option(False, "--no-verify", help="Do not verify the backup first."),
     force: bool = typer.Option(False, "--force", help="Restore even while a process has an "
@@ -134,10 +227,16 @@ def restore_command(
 ) -> None:
     """Restore a backup as SERVICEDIR; an existing SERVICEDIR is moved aside to
     SERVICEDIR.old-YYYYmmddTHHMMSS."""
-    from synfast.backup.restore import restore
+    from synfast.backup.restore import restore, restore_stream
     from synfast.cli._render import print_json
 
-    report = restore(backup, service_dir, verify=not no_verify, force=force,
+    if _is_stream(backup):
+        from synfast.backup import unstream
+
+        with unstream.open_stream(backup) as f:
+            report = restore_stream(f, unstream.stream_label(backup), service_dir, force=force)
+    else:
+        report = restore(backup, service_dir, verify=not no_verify, force=force,
                          jobs=jobs or None)
     if json_out:
         print_json(report.as_dict())

@@ -23,8 +23,11 @@ class Reporter:
     #: (a line per small file would bury the log).
     LOG_MIN = 64 << 20
 
-    def __init__(self, *, quiet: bool = False, tty: bool | None = None) -> None:
+    def __init__(self, *, quiet: bool = False, tty: bool | None = None,
+                 log_to_stderr: bool = False) -> None:
         self.quiet = quiet
+        #: a backup streamed to stdout logs to stderr
+        self.log_file = sys.stderr if log_to_stderr else None
         self.tty = sys.stderr.isatty() if tty is None else tty
         self.total = 0
         self.done = 0
@@ -79,8 +82,7 @@ class Reporter:
             self._bar.stop()
             self._bar = None
 
-    @staticmethod
-    def _log(line: str) -> None:
-        # Log lines are the command's normal output (stdout); warnings and
-        # errors go to stderr.
-        print(f"synfast: {line}", file=sys.stdout, flush=True)
+    def _log(self, line: str) -> None:
+        # Log lines are the command's normal output (stdout, unless stdout
+        # carries the stream); warnings and errors go to stderr.
+        print(f"synfast: {line}", file=self.log_file or sys.stdout, flush=True)

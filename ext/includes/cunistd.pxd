@@ -1,5 +1,5 @@
 # <unistd.h>: seeking (with SEEK_DATA/SEEK_HOLE), positioned I/O,
-# copy_file_range and pipes.  Declarations only.  Built with _GNU_SOURCE (see
+# copy_file_range, pipes and usleep.  Declarations only.  Built with _GNU_SOURCE (see
 # setup.py) so that SEEK_DATA, copy_file_range and pipe2 are visible.
 
 from posix.types cimport off_t
@@ -19,5 +19,6 @@ cdef extern from "<unistd.h>" nogil:
     int fsync(int fd)
     int close(int fd)
     int pipe2(int pipefd[2], int flags)
+    int usleep(unsigned int usec)
     ssize_t copy_file_range(int fd_in, off_t *off_in, int fd_out, off_t *off_out,
                             size_t len, unsigned int flags)

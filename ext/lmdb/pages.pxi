@@ -16,7 +16,7 @@ from libc.stdlib cimport malloc, calloc, realloc, free
 from libc.string cimport memset
 from libc.errno cimport errno, EIO, ENOMEM
 from posix.types cimport off_t
-from cunistd cimport pread
+from cunistd cimport pread, usleep
 from clmdb cimport (
     MDB_env, MDB_txn, MDB_cursor, MDB_val, MDB_stat, MDB_FIRST, MDB_NEXT, MDB_RDONLY,
     MDB_DUPSORT, MDB_NOTFOUND, MDB_CORRUPTED, MDB_INCOMPATIBLE,
@@ -39,7 +39,8 @@ cdef enum:
     DB_REC = 48
 
 # How many times a read transaction is begun again when a commit lands
-# between its beginning and the capture of its meta page (microseconds apart).
+# between its beginning and the capture of its meta page (about a second in
+# all, with the pauses of begin_captured).
 cdef enum:
     CAPTURE_ATTEMPTS = 1000
 
@@ -98,6 +99,12 @@ cdef int begin_captured(MDB_env *env, MDB_txn **txn, unsigned char *buf,
             return 0
         if k + 1 < CAPTURE_ATTEMPTS:
             mdb_txn_abort(txn[0])
+            # A writer that syncs its meta page (msync, fsync) leaves its new
+            # meta in the other slot for milliseconds before readers begin at
+            # it: spread the tries over that time instead of spending them
+            # all inside it (1, 2, 4 ... up to 1024 microseconds apart).
+            if k >= 2:
+                usleep(1u << (k - 2 if k < 12 else 10))
     state[0] = -1
     return 0
 

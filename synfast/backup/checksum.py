@@ -166,7 +166,9 @@ class StreamChecksum:
 
     def _block(self, b: bytes | bytearray | memoryview) -> None:
         """One complete block ending at ``self.pos``."""
-        if b == self._ZERO[:len(b)]:
+        # bytes against bytes is one memcmp; a memoryview compares byte by byte
+        if (bytes(b) if isinstance(b, memoryview) else b) == (
+                self._ZERO if len(b) == BLOCK else bytes(len(b))):
             self.zrun += len(b)
         else:
             if self.zrun:

@@ -48,11 +48,14 @@ from synfast.files.sparse import apply_metadata
 #: The largest manifest read from a stream.
 MANIFEST_LIMIT = 256 << 20
 
-#: Data is read and written this many bytes at a time; a piece that is all
-#: zeros is left as a hole.
+#: Data is read this many bytes at a time ...
+READ = 1 << 20
+#: ... and written in pieces of this many; a piece that is all zeros is left
+#: as a hole.
 PIECE = 1 << 16
 
 _ZERO = bytes(PIECE)
+_ZERO_READ = bytes(READ)
 
 
 class StreamRejected(SynfastError):
@@ -106,14 +109,17 @@ def _write_data(src: Any, fd: int, runs: list[tuple[int, int]], hasher: Any) -> 
     for off, length in runs:
         end = off + length
         while off < end:
-            piece = src.read(min(PIECE, end - off))
-            if not piece:
+            data = src.read(min(READ, end - off))
+            if not data:
                 raise EOFError("member data ends early")
-            if piece != _ZERO[:len(piece)]:
-                os.pwrite(fd, piece, off)
+            if data != (_ZERO_READ if len(data) == READ else bytes(len(data))):
+                for i in range(0, len(data), PIECE):
+                    piece = data[i:i + PIECE]
+                    if piece != (_ZERO if len(piece) == PIECE else bytes(len(piece))):
+                        os.pwrite(fd, piece, off + i)
             if hasher is not None:
-                hasher.data(off, piece)
-            off += len(piece)
+                hasher.data(off, data)
+            off += len(data)
 
 
 def extract(stream: IO[bytes], into: Path, label: str, *, fsync: bool = True) -> dict:
@@ -126,7 +132,7 @@ def extract(stream: IO[bytes], into: Path, label: str, *, fsync: bool = True) ->
     raw_manifest = b""
     try:
         try:
-            tar = tarfile.open(fileobj=stream, mode="r|*")  # noqa: SIM115
+            tar = tarfile.open(fileobj=stream, mode="r|*", bufsize=READ)  # noqa: SIM115
         except tarfile.TarError as err:
             raise _reject(label, f"is not a tar stream ({err})") from err
         try:

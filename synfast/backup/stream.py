@@ -19,9 +19,7 @@ and writes it to ``fd`` (a pipe, a file, borg's stdin) as a tar stream
    of the archive.  A stream cut short holds no manifest, and no reader of
    synfast's takes it for a backup.
 
-``export_stream(BACKUP, fd)`` streams an existing backup directory the same
-way, every file's checksum checked against its manifest as it passes (a
-mismatch stops the stream before the manifest).
+:mod:`synfast.backup.export` streams an existing backup directory the same way.
 """
 
 from __future__ import annotations
@@ -32,7 +30,7 @@ import os
 import stat
 import time
 from array import array
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,7 +59,7 @@ class StreamBroken(SynfastError):
     """The program reading the stream stopped reading it."""
 
 
-class _Sink:
+class Sink:
     """Everything written to the stream's fd, counted; a reader that went away
     is one :class:`StreamBroken`."""
 
@@ -115,10 +113,10 @@ def _owner(st: os.stat_result) -> dict:
             "mtime_ns": st.st_mtime_ns}
 
 
-class _Writer:
+class MemberWriter:
     """The members of one stream, written to its sink."""
 
-    def __init__(self, sink: _Sink, checksum: bool) -> None:
+    def __init__(self, sink: Sink, checksum: bool) -> None:
         self.sink, self.checksum = sink, checksum
         self.buf = bytearray(CHUNK)
 
@@ -172,7 +170,7 @@ class _Writer:
         return (hasher.finish(size) if hasher is not None else None), short
 
 
-def _file_runs(fd: int, size: int) -> list[tuple[int, int]]:
+def file_runs(fd: int, size: int) -> list[tuple[int, int]]:
     """The file's data extents, clipped to ``size`` (what is streamed of it)."""
     out = []
     for off, length in extents(fd):
@@ -202,7 +200,7 @@ class _Streamer:
     """One streamed backup: the plan's entries written as members, their
     records kept for the manifest."""
 
-    def __init__(self, the_plan: Plan, writer: _Writer, opts: BackupOptions,
+    def __init__(self, the_plan: Plan, writer: MemberWriter, opts: BackupOptions,
                  scratch: Path | None, label: str, progress: ProgressFn | None) -> None:
         self.plan, self.w, self.opts, self.scratch = the_plan, writer, opts, scratch
         self.label, self.progress = label, progress
@@ -285,7 +283,7 @@ class _Streamer:
             if not stat.S_ISREG(st.st_mode):
                 self.vanished.append(e.rel)
                 return
-            runs = _file_runs(fd, st.st_size)
+            runs = file_runs(fd, st.st_size)
             digest, short = self.w.file(e.rel, fd, st, runs, st.st_size)
             after = os.fstat(fd)
         except OSError as err:
@@ -351,7 +349,7 @@ class _Streamer:
             try:
                 st = os.fstat(fd)
                 data_st = os.stat(e.env.data_path)
-                runs = _file_runs(fd, st.st_size)
+                runs = file_runs(fd, st.st_size)
                 digest, _ = self.w.file(e.rel, fd, data_st, runs, st.st_size)
             finally:
                 os.close(fd)
@@ -431,13 +429,13 @@ def backup_stream(source: str | os.PathLike[str], fd: int,
     if opts.ionice:
         set_ionice(opts.ionice)
     report = StreamReport(src, label)
-    sink = _Sink(fd, label)
+    sink = Sink(fd, label)
     failed = True
     try:
         if opts.pre_cmd:
             hooks.run_hook(opts.pre_cmd, "pre")
         the_plan, report.excluded = _walk(src, opts.exclude, opts.skip_dirs)
-        s = _Streamer(the_plan, _Writer(sink, opts.checksum), opts, scratch_dir, label,
+        s = _Streamer(the_plan, MemberWriter(sink, opts.checksum), opts, scratch_dir, label,
                       progress)
         try:
             s.begin(the_plan.of_kind("env"))
@@ -468,89 +466,11 @@ def backup_stream(source: str | os.PathLike[str], fd: int,
     return report
 
 
-def _finish(w: _Writer, doc: dict) -> None:
+def _finish(w: MemberWriter, doc: dict) -> None:
     """The manifest as the last member, then the end of the archive."""
     w.sink.write(tf.header(manifest.META_DIR + "/", tf.DIR, mode=0o755, uid=os.getuid(),
                            gid=os.getgid(), mtime_ns=time.time_ns()))
 
     data = (json.dumps(doc, indent=1) + "\n").encode()
-    w.small(f"{manifest.META_DIR}/{manifest.MANIFEST}", data)
-    w.sink.write(tf.END)
-
-
-def export_stream(backup: str | os.PathLike[str], fd: int, *, label: str = "-",
-                  progress: ProgressFn | None = None) -> StreamReport:
-    """Stream the backup directory ``backup`` as :func:`backup_stream` would
-    have; each file's checksum is checked as it passes, and a mismatch stops
-    the stream before its manifest."""
-    t0 = time.monotonic()
-    b = Path(os.path.abspath(backup))
-    doc = manifest.read(b)
-    report = StreamReport(b, label, manifest=doc)
-    sink = _Sink(fd, label)
-    w = _Writer(sink, doc.get("checksum") == cks.CHECKSUM_ALGORITHM)
-    entries = [e for e in doc["entries"]
-               if e["path"].split("/")[0] != manifest.META_DIR]
-    for e in _in_order(entries):
-        path = b / e["path"] if e["path"] else b
-        if e["type"] == "dir":
-            if e["path"]:
-                w.directory(e["path"], _lstat(path))
-        elif e["type"] == "symlink":
-            w.symlink(e["path"], e["target"], _lstat(path))
-        else:
-            _export_file(w, b, e)
-            if progress:
-                progress("item", {"path": e["path"], "bytes": e["size"], "kind": e["type"],
-                                  "written": e.get("allocated", 0)})
-    _finish_export(w, b)
-    report.bytes_streamed = sink.bytes
-    report.seconds = time.monotonic() - t0
-    return report
-
-
-def _in_order(entries: list[dict]) -> Iterator[dict]:
-    """Directories, then files and environments, then symlinks (as streamed)."""
-    order = {"dir": 0, "file": 1, "env": 1, "symlink": 2}
-    yield from sorted(entries, key=lambda e: (order[e["type"]], e["path"]))
-
-
-def _lstat(path: Path) -> os.stat_result:
-    try:
-        return os.lstat(path)
-    except OSError as err:
-        raise convert_error(err, path) from err
-
-
-def _export_file(w: _Writer, b: Path, e: dict) -> None:
-    path = b / e["path"]
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-    except OSError as err:
-        raise convert_error(err, path) from err
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size != e["size"]:
-            raise CopyFailed(path, "does not match the backup's manifest",
-                             "run synfast verify on the backup")
-        digest, _ = w.file(e["path"], fd, st, _file_runs(fd, st.st_size), st.st_size)
-    except OSError as err:
-        raise convert_error(err, path) from err
-    finally:
-        os.close(fd)
-    if e.get("checksum") and digest != e["checksum"]:
-        raise CopyFailed(path, "content differs from the manifest (checksum mismatch); the "
-                         "stream was stopped before its manifest",
-                         "run synfast verify on the backup, and export another one")
-
-
-def _finish_export(w: _Writer, b: Path) -> None:
-    """The backup's own manifest, byte for byte, as the last member."""
-    mpath = manifest.manifest_path(b)
-    try:
-        data = mpath.read_bytes()
-    except OSError as err:
-        raise convert_error(err, mpath) from err
-    w.directory(manifest.META_DIR, _lstat(mpath.parent))
     w.small(f"{manifest.META_DIR}/{manifest.MANIFEST}", data)
     w.sink.write(tf.END)

@@ -21,7 +21,8 @@ __all__ = ["app", "main", "COMMANDS"]
 
 #: Each command name and the module that registers it, in the order ``--help`` lists them.
 COMMANDS: dict[str, str] = {
-    "copy": "copy_cmd", "scan": "scan_cmd", "backup": "backup_cmd", "verify": "backup_cmd",
+    "copy": "copy_cmd", "scan": "scan_cmd", "backup": "backup_cmd", "export": "backup_cmd",
+    "verify": "backup_cmd",
     "restore": "backup_cmd", "list": "backup_cmd", "prune": "backup_cmd",
     "easycert": "easycert_cmd", "certs": "certs_cmd", "url": "url_cmd",
 }

@@ -14,7 +14,7 @@ def backup_command(
     src: str = typer.Argument(..., metavar="SRC", help="The service directory to back up."),
     dst: str = typer.Argument(
         ..., metavar="DST", help="The backup's directory (must not exist; strftime fields such "
-        "as %Y%m%d are expanded), or - for a tar stream on stdout."),
+        "as %Y%m%d are expanded), - for a tar stream on stdout, or borg:REPO::ARCHIVE."),
     lmdb_engine: str = typer.Option(
         "auto", "--lmdb-engine", metavar="ENGINE",
         help="How environments are copied: auto (pages where DST shares blocks with SRC, "
@@ -50,6 +50,11 @@ def backup_command(
         None, "--scratch", metavar="DIR",
         help="For a stream with --lmdb-engine rebuild, compact or raw: where each environment "
         "is copied before it is streamed (room for the largest one)."),
+    chunker_params: str = typer.Option(
+        None, "--chunker-params", metavar="PARAMS",
+        help="For borg: its --chunker-params (default fixed,65536: 16 LMDB pages)."),
+    compression: str = typer.Option(None, "--compression", metavar="SPEC",
+                                    help="For borg: its --compression (default lz4)."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON summary at the end "
                                   "(on stderr when the backup is streamed to stdout)."),
     quiet: bool = typer.Option(False, "--quiet", "-q",
@@ -76,6 +81,11 @@ def backup_command(
             clean_partial=clean_partial, pre_cmd=pre_cmd, post_cmd=post_cmd)
         if dst == "-":
             return _stream_backup(src, options, scratch, reporter, json_out, quiet)
+        from synfast.backup import borg
+
+        if borg.is_borg(dst):
+            return _borg_backup(src, borg.parse(dst, archive=True), options, scratch, reporter,
+                                json_out, quiet, chunker_params, compression)
         report = backup(src, dst, options, progress=reporter)
     finally:
         reporter.close()
@@ -127,6 +137,31 @@ def _stream_backup(src: str, options: object, scratch: str | None, reporter: obj
                    f"{report.seconds:.2f} s; {size(report.bytes_streamed)} streamed", err=True)
 
 
+def _borg_backup(src: str, target: object, options: object, scratch: str | None,
+                 reporter: object, json_out: bool, quiet: bool, chunker_params: str | None,
+                 compression: str | None) -> None:
+    """``backup SRC borg:REPO::ARCHIVE``: the stream into borg import-tar."""
+    from synfast.backup import borg
+    from synfast.cli._render import print_json, size, warn
+
+    report, stats = borg.backup_to_borg(
+        src, target, options, scratch=scratch, progress=reporter,  # type: ignore[arg-type]
+        chunker_params=chunker_params or borg.CHUNKER_PARAMS,
+        compression=compression or borg.COMPRESSION)
+    for rel in report.changed:
+        warn(f"{report.source / rel}: changed while it was read; streamed as read")
+    if json_out:
+        print_json({**report.as_dict(), "borg": stats})
+    elif not quiet:
+        t = report.manifest["totals"]
+        typer.echo(f"backup {target}: {t['files']} files, {t['environments']} LMDB "
+                   f"environments ({t['entries']} entries) in {report.seconds:.2f} s; "
+                   f"streamed {size(report.bytes_streamed)}; borg: original "
+                   f"{size(stats.get('original_size'))}, compressed "
+                   f"{size(stats.get('compressed_size'))}, deduplicated "
+                   f"{size(stats.get('deduplicated_size'))}")
+
+
 @app.command("export")
 def export_command(
     backup: str = typer.Argument(..., metavar="BACKUP",
@@ -138,7 +173,7 @@ def export_command(
     night, then off-site); every checksum is checked as it passes."""
     import sys
 
-    from synfast.backup.stream import export_stream
+    from synfast.backup.export import export_stream
     from synfast.cli._render import size
     from synfast.errors import DestinationExists, UsageError
     from synfast.files import durable
@@ -176,7 +211,7 @@ def _is_stream(source: str) -> bool:
 def verify_command(
     backup: str = typer.Argument(..., metavar="BACKUP",
                                  help="A backup directory made by synfast backup, a tar file "
-                                 "of one, or - for a stream on stdin."),
+                                 "of one, - for a stream on stdin, or borg:REPO::ARCHIVE."),
     no_checksum: bool = typer.Option(False, "--no-checksum",
                                      help="Skip reading contents (sizes, modes, walks only)."),
     scratch: str = typer.Option(None, "--scratch", metavar="DIR",
@@ -188,10 +223,17 @@ def verify_command(
 ) -> None:
     """Check a backup against its manifest: files, sizes, modes, checksums, and a
     full walk of every LMDB environment. One line per problem; exit 1 if any."""
+    from synfast.backup import borg
     from synfast.backup.verify import verify
     from synfast.cli._render import print_json
 
-    if _is_stream(backup):
+    if borg.is_borg(backup):
+        from synfast.backup import unstream
+
+        target = borg.parse(backup, archive=True)
+        report = borg.read_archive(target, lambda f: unstream.verify_stream(
+            f, str(target), scratch=scratch))
+    elif _is_stream(backup):
         from synfast.backup import unstream
 
         with unstream.open_stream(backup) as f:
@@ -217,7 +259,7 @@ def verify_command(
 def restore_command(
     backup: str = typer.Argument(..., metavar="BACKUP",
                                  help="A backup directory made by synfast backup, a tar file "
-                                 "of one, or - for a stream on stdin."),
+                                 "of one, - for a stream on stdin, or borg:REPO::ARCHIVE."),
     service_dir: str = typer.Argument(..., metavar="SERVICEDIR", help="Where the service lives."),
     no_verify: bool = typer.Option(False, "--no-verify", help="Do not verify the backup first."),
     force: bool = typer.Option(False, "--force", help="Restore even while a process has an "
@@ -227,10 +269,15 @@ def restore_command(
 ) -> None:
     """Restore a backup as SERVICEDIR; an existing SERVICEDIR is moved aside to
     SERVICEDIR.old-YYYYmmddTHHMMSS."""
+    from synfast.backup import borg
     from synfast.backup.restore import restore, restore_stream
     from synfast.cli._render import print_json
 
-    if _is_stream(backup):
+    if borg.is_borg(backup):
+        target = borg.parse(backup, archive=True)
+        report = borg.read_archive(target, lambda f: restore_stream(
+            f, str(target), service_dir, force=force))
+    elif _is_stream(backup):
         from synfast.backup import unstream
 
         with unstream.open_stream(backup) as f:
@@ -252,14 +299,24 @@ def restore_command(
 
 @app.command("list")
 def list_command(
-    root: str = typer.Argument(..., metavar="ROOT", help="The directory holding the backups."),
+    root: str = typer.Argument(..., metavar="ROOT", help="The directory holding the backups, "
+                               "or borg:REPO."),
     prefix: str = typer.Option("", "--prefix", help="Only backups whose name starts so."),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON array."),
 ) -> None:
-    """List the complete backups under ROOT, oldest first."""
-    from synfast.backup import manifest, retention
+    """List the complete backups under ROOT (or the synfast archives of
+    borg:REPO), oldest first."""
+    from synfast.backup import borg, manifest, retention
     from synfast.cli._render import print_json, size, table
 
+    if borg.is_borg(root):
+        archives = borg.list_archives(borg.parse(root, archive=False))
+        if json_out:
+            print_json(archives)
+        else:
+            typer.echo(table(["name", "time"], [[a["name"], str(a["time"])] for a in archives],
+                             right=set()))
+        return
     backups = retention.list_backups(root, prefix=prefix)
     if json_out:
         print_json([b.as_dict() for b in backups])

@@ -9,8 +9,12 @@ that did not change; docs/bench/offsite.md has the measurements that chose
 the chunk size and the compression.
 
 - The archive exists only if the stream ended with its manifest: on any failure
-  borg is interrupted (SIGINT) before its input ends, so it commits nothing,
-  and checkpoints are never written (a partial stream is not a backup).
+  borg is stopped (SIGTERM) before its input ends, so it commits nothing,
+  and checkpoints are never written.  The stream is imported as
+  ``ARCHIVE.synfast-partial`` and renamed once borg has committed it: borg
+  commits a tar that ends at a member boundary as if it were whole, so a
+  synfast killed outright leaves at most an archive under that name, which
+  ``synfast list`` reports as unfinished, never as a backup.
 - Restores and verifies read ``borg export-tar`` through
   :mod:`synfast.backup.unstream`, with every check a stream gets.
 - borg's own environment gives the passphrase (``BORG_PASSPHRASE``,
@@ -39,11 +43,16 @@ from synfast.errors import SynfastError, UsageError
 
 PREFIX = "borg:"
 
-#: Fixed 64 KiB chunks: 16 LMDB pages of 4 KiB, aligned to them.  Chosen by
-#: bench/offsite.py (docs/bench/offsite.md).
-CHUNKER_PARAMS = "fixed,65536"
-#: lz4: nearly free in CPU, and LMDB pages compress by about half.
+#: Fixed 16 KiB chunks: 4 LMDB pages of 4 KiB, aligned to them.  Chosen by
+#: bench/offsite.py (docs/bench/offsite.md): a night that rewrote 0.2% of the
+#: entries added 4.3% (4 KiB chunks: 2.2%, at twice the import time and borg
+#: memory and a larger index to upload; 64 KiB: 13%; borg's default: 85%).
+CHUNKER_PARAMS = "fixed,16384"
+#: lz4: nearly free in CPU; zstd,3 stored 8% less at 1.5 times the import time.
 COMPRESSION = "lz4"
+#: The archive's name while the stream is imported; renamed to the asked name
+#: only once borg has committed a stream that ended with its manifest.
+PARTIAL = ".synfast-partial"
 #: The comment of every archive synfast writes.
 COMMENT = "synfast-backup v1"
 #: Never write a checkpoint archive: a stream that did not end is not a backup.
@@ -119,7 +128,9 @@ _MESSAGES: list[tuple[tuple[str, ...], str, str]] = [
      "wait for it, or, if none runs, remove the stale lock with borg break-lock"),
     (("lock.exclusive", "timeout"), "is locked by another borg process",
      "wait for it, or, if none runs, remove the stale lock with borg break-lock"),
-    (("does not exist",), "is not a borg repository (it does not exist)",
+    (("Archive", "does not exist"), "holds no such archive", "list them with synfast list "
+     "borg:REPO"),
+    (("Repository", "does not exist"), "is not a borg repository (it does not exist)",
      "create it with borg init, or check the path"),
     (("is not a valid repository",), "is not a borg repository",
      "create it with borg init, or check the path"),
@@ -129,8 +140,6 @@ _MESSAGES: list[tuple[tuple[str, ...], str, str]] = [
      "choose another archive name (strftime fields such as %Y%m%dT%H%M%S help)"),
     (("passphrase", "BORG_PASSPHRASE"), "needs a passphrase",
      "set BORG_PASSPHRASE or BORG_PASSCOMMAND in the environment"),
-    (("Archive", "does not exist"), "holds no such archive", "list them with synfast list "
-     "borg:REPO"),
 ]
 
 
@@ -169,10 +178,11 @@ def backup_to_borg(source: str | os.PathLike[str], target: BorgTarget, options: 
     from synfast.backup.stream import StreamBroken, backup_stream
 
     assert target.archive is not None
+    partial = BorgTarget(target.repo, target.archive + PARTIAL)
     cmd = [_borg(), "import-tar", "--json", "--chunker-params", chunker_params,
            "--compression", compression, "--comment", COMMENT,
            "--checkpoint-interval", NO_CHECKPOINTS, "--lock-wait", "5",
-           target.borg_name, "-"]
+           partial.borg_name, "-"]
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env=_env(), start_new_session=True)
     assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
@@ -184,14 +194,15 @@ def backup_to_borg(source: str | os.PathLike[str], target: BorgTarget, options: 
                                scratch=scratch, progress=progress)
     except BaseException as exc:
         # borg must not see the end of its input: it would commit the archive.
+        borg_failed = proc.poll() is not None or isinstance(exc, StreamBroken)
         _interrupt(proc)
         _close(proc.stdin)
         out.join()
         err.join()
-        if isinstance(exc, StreamBroken) or proc.returncode not in (None, 0):
-            stderr = err.data.decode(errors="replace")
-            if stderr.strip() and "KeyboardInterrupt" not in stderr:
-                raise _error(target, "import-tar", proc.returncode or 1, stderr) from exc
+        if borg_failed:
+            # borg went first (no repository, wrong passphrase...): its reason
+            raise _error(target, "import-tar", proc.returncode or 1,
+                         err.data.decode(errors="replace")) from exc
         raise
     _close(proc.stdin)
     rc = proc.wait()
@@ -203,7 +214,20 @@ def backup_to_borg(source: str | os.PathLike[str], target: BorgTarget, options: 
         stats = json.loads(out.data)["archive"]["stats"]
     except (ValueError, KeyError, TypeError):
         stats = {}
+    _rename(partial, target)
     return report, stats
+
+
+def _rename(partial: BorgTarget, target: BorgTarget) -> None:
+    """Give the committed archive its final name; if that fails, remove it."""
+    assert target.archive is not None
+    proc = subprocess.run([_borg(), "rename", "--lock-wait", "30", partial.borg_name,
+                           target.archive], capture_output=True, env=_env())
+    if proc.returncode != 0:
+        failure = _error(target, "rename", proc.returncode, proc.stderr.decode(errors="replace"))
+        subprocess.run([_borg(), "delete", "--lock-wait", "30", partial.borg_name],
+                       capture_output=True, env=_env())
+        raise failure
 
 
 def _close(pipe: IO[bytes]) -> None:
@@ -212,12 +236,13 @@ def _close(pipe: IO[bytes]) -> None:
 
 
 def _interrupt(proc: subprocess.Popen) -> None:
-    """Stop borg without letting it commit: SIGINT (borg aborts the
-    transaction and releases its lock), then SIGKILL if it does not go."""
+    """Stop borg without letting it commit: SIGTERM (borg rolls the repository
+    back and releases its lock; SIGINT would ask it for a checkpoint first,
+    which waits for input that never comes), then SIGKILL if it does not go."""
     if proc.poll() is not None:
         return
     try:
-        os.killpg(proc.pid, signal.SIGINT)
+        os.killpg(proc.pid, signal.SIGTERM)
     except ProcessLookupError:
         return
     try:
@@ -248,7 +273,7 @@ def read_archive(target: BorgTarget, use: Any) -> Any:
     except BaseException as exc:
         _interrupt(proc)
         err.join()
-        if proc.returncode not in (0, None, -signal.SIGINT):
+        if proc.returncode not in (0, None, -signal.SIGTERM):
             raise _error(target, "export-tar", proc.returncode,
                          err.data.decode(errors="replace")) from exc
         raise
@@ -263,7 +288,8 @@ def read_archive(target: BorgTarget, use: Any) -> Any:
 
 def list_archives(target: BorgTarget) -> list[dict]:
     """The archives of the repository that synfast made, oldest first: ``name``,
-    ``time`` (ISO, local as borg prints it), ``id``."""
+    ``time`` (ISO, local as borg prints it), ``id``, and ``complete`` (False for
+    one left under its partial name by a synfast that was killed)."""
     proc = subprocess.run([_borg(), "list", "--json", "--lock-wait", "5", "--format",
                            "{comment}", target.repo], capture_output=True, env=_env())
     if proc.returncode != 0:
@@ -273,6 +299,7 @@ def list_archives(target: BorgTarget) -> list[dict]:
     except (ValueError, KeyError, TypeError) as err:
         raise BorgError(f"{PREFIX}{target.repo}", "borg list printed no archive list",
                         "run borg list by hand") from err
-    return [{"name": a["name"], "time": a.get("time") or a.get("start"), "id": a.get("id")}
+    return [{"name": a["name"], "time": a.get("time") or a.get("start"), "id": a.get("id"),
+             "complete": not a["name"].endswith(PARTIAL)}
             for a in archives
             if a.get("comment") == COMMENT and not a["name"].endswith(".checkpoint")]

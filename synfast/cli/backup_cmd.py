@@ -52,7 +52,7 @@ def backup_command(
         "is copied before it is streamed (room for the largest one)."),
     chunker_params: str = typer.Option(
         None, "--chunker-params", metavar="PARAMS",
-        help="For borg: its --chunker-params (default fixed,65536: 16 LMDB pages)."),
+        help="For borg: its --chunker-params (default fixed,16384: 4 LMDB pages)."),
     compression: str = typer.Option(None, "--compression", metavar="SPEC",
                                     help="For borg: its --compression (default lz4)."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON summary at the end "
@@ -314,7 +314,9 @@ def list_command(
         if json_out:
             print_json(archives)
         else:
-            typer.echo(table(["name", "time"], [[a["name"], str(a["time"])] for a in archives],
+            typer.echo(table(["name", "time", "state"],
+                             [[a["name"], str(a["time"])[:19], "complete" if a["complete"]
+                               else "unfinished (borg delete it)"] for a in archives],
                              right=set()))
         return
     backups = retention.list_backups(root, prefix=prefix)

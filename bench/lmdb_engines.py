@@ -18,6 +18,10 @@ process's (interpreter start and imports included) and memory is the process's:
   (allocated) or else of the rebuild, of the same round, and fsyncing them: the
   time this machine's disk needs to make that output durable, a floor for any
   engine that fsyncs it
+- ``floor-layout`` zeros written at exactly the pages engine's runs (its holes
+  left as holes), writeback started every 64 MiB as the engine does, fsynced:
+  the time this machine's filesystem and disk need for the pages engine's
+  layout, with no source read at all
 
 Runs are interleaved (each round runs every contender once) with the page cache
 warm (one unmeasured round first), ``sync`` before each run so that one
@@ -79,7 +83,8 @@ SEED_OF = {"Bd": "B"}
 REBUILT_FROM = {"C": "B", "Ac": "A"}
 DB_NAMES = [b"db0", b"db1", b"db2", b"db3"]
 
-CONTENDERS = ["rebuild", "compact", "raw", "mdb_copy-c", "cp-a", "cp-a+sync", "pages", "floor"]
+CONTENDERS = ["rebuild", "compact", "raw", "mdb_copy-c", "cp-a", "cp-a+sync", "pages", "floor",
+              "floor-layout"]
 DEFAULT_CONTENDERS = CONTENDERS[:5]
 
 
@@ -165,6 +170,9 @@ def driver(engine: str, src: str, dst: str) -> None:
         out = Path(dst, "data.mdb")
         copy_pages(open_snapshot(src), out, out, src)
         return
+    if engine == "floor-layout":
+        write_layout(src, dst)
+        return
     from synfast.lmdb import env as lmdbenv
     from synfast.lmdb import meta as lmdbmeta
 
@@ -180,6 +188,40 @@ def driver(engine: str, src: str, dst: str) -> None:
         os.close(fd)
 
 
+def write_layout(src: str, dst: str) -> None:
+    """Zeros written where the pages engine writes the snapshot's runs."""
+    from array import array
+
+    from synfast.files.durable import start_writeback
+    from synfast.lmdb.pages import MERGE_PAGES_COPY, WRITEBACK_BYTES
+    from synfast.lmdb.snapshot import open_snapshot
+
+    snap = open_snapshot(src)
+    try:
+        plan = snap.page_plan(MERGE_PAGES_COPY)
+        size = os.fstat(snap.fileno()).st_size
+    finally:
+        snap.close()
+    runs = array("q")
+    runs.frombytes(plan["ranges"])
+    zeros = memoryview(bytes(1 << 20))
+    os.mkdir(dst)
+    fd = os.open(os.path.join(dst, "data.mdb"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.ftruncate(fd, size)
+        pending = 0
+        for off, length in zip(runs[0::2], runs[1::2], strict=True):
+            while length:
+                n = os.pwrite(fd, zeros[:min(length, len(zeros))], off)
+                off, length, pending = off + n, length - n, pending + n
+            if pending >= WRITEBACK_BYTES:
+                start_writeback(fd)
+                pending = 0
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 # GNU time reports the peak RSS of the command it runs (kernel's ru_maxrss of
 # that process), unpolluted by this large parent; "%M" is in KiB.
 TIME_OUT = CACHE / "time.out"
@@ -187,7 +229,7 @@ TIME = ["/usr/bin/time", "-f", "%M", "-o", os.fspath(TIME_OUT)]
 
 
 def command(engine: str, src: Path, dst: Path, floor_bytes: int = 0) -> list[str]:
-    if engine in ("rebuild", "compact", "raw", "pages"):
+    if engine in ("rebuild", "compact", "raw", "pages", "floor-layout"):
         return [*TIME, sys.executable, "-m", "bench.lmdb_engines", "--drive", engine,
                 os.fspath(src), os.fspath(dst)]
     if engine == "mdb_copy-c":
@@ -360,7 +402,7 @@ def bench(name: str, scale: float, runs: int, only: list[str], verify: bool,
     # ratio moves less than the medians do between rounds.
     print()
     for mine in ("rebuild", "pages"):
-        for ref in ("cp-a", "cp-a+sync", "mdb_copy-c", "floor", "rebuild"):
+        for ref in ("cp-a", "cp-a+sync", "mdb_copy-c", "floor", "floor-layout", "rebuild"):
             if mine in only and ref in only and ref != mine:
                 pairs = zip(results[mine], results[ref], strict=True)
                 ratios = [r["wall"] / c["wall"] for r, c in pairs]

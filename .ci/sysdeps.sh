@@ -17,6 +17,8 @@ command -v gcc >/dev/null || missing+=(gcc)
 command -v borg >/dev/null || missing+=(borgbackup)
 command -v rclone >/dev/null || missing+=(rclone)
 command -v bsdtar >/dev/null || missing+=(libarchive-tools)
+[ -x /usr/sbin/sshd ] || missing+=(openssh-server)
+command -v ssh >/dev/null || missing+=(openssh-client)
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 
 if [ ${#missing[@]} -eq 0 ]; then

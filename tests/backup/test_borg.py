@@ -7,12 +7,15 @@ from __future__ import annotations
 import io
 import json
 import os
+import pwd
 import shutil
+import socket
 import struct
 import subprocess
 import sys
 import tarfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import lmdb
@@ -182,3 +185,75 @@ def test_an_archive_left_under_its_partial_name_is_listed_as_unfinished(
     assert "unfinished" in run_cli("list", f"borg:{borg_env}").stdout
     proc = run_cli("restore", f"borg:{borg_env}::n1{borg.PARTIAL}", tmp_path / "r")
     one_line(proc, "ended without its manifest")
+
+
+@pytest.fixture
+def sshd(tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """A real sshd on loopback, one key whose only command is ``borg serve``
+    restricted to one directory; yields (the repository's ssh:// URL, BORG_RSH)."""
+    if not os.path.exists("/usr/sbin/sshd"):
+        pytest.skip("sshd is installed by make test's set-up (.ci/sysdeps.sh)")
+    d = tmp_path / "sshd"
+    repos = tmp_path / "remote-repos"
+    d.mkdir()
+    repos.mkdir()
+    for key in ("hostkey", "userkey"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / key)],
+                       check=True)
+    pub = (d / "userkey.pub").read_text().strip()
+    (d / "authorized_keys").write_text(
+        f'command="borg serve --restrict-to-path {repos}",restrict {pub}\n')
+    port = free_port()
+    (d / "sshd_config").write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {d / 'hostkey'}\n"
+        f"AuthorizedKeysFile {d / 'authorized_keys'}\nPasswordAuthentication no\n"
+        "StrictModes no\nUsePAM no\nPermitRootLogin prohibit-password\n"
+        f"PidFile {d / 'pid'}\n")
+    os.makedirs("/run/sshd", exist_ok=True)
+    server = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(d / "sshd_config")],
+                              stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            assert server.poll() is None and time.monotonic() < deadline, "sshd did not start"
+            time.sleep(0.05)
+    rsh = (f"ssh -i {d / 'userkey'} -o StrictHostKeyChecking=no "
+           "-o UserKnownHostsFile=/dev/null -o BatchMode=yes -o LogLevel=ERROR")
+    user = pwd.getpwuid(os.getuid()).pw_name
+    try:
+        yield f"ssh://{user}@127.0.0.1:{port}{repos}/repo", rsh
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_borg_over_ssh_to_borg_serve(sshd: tuple[str, str], tmp_path: Path,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    url, rsh = sshd
+    monkeypatch.setenv("BORG_PASSPHRASE", PASS)
+    monkeypatch.setenv("BORG_BASE_DIR", str(tmp_path / "borg-home"))
+    monkeypatch.setenv("BORG_RSH", rsh)
+    subprocess.run(["borg", "init", "-e", "repokey-blake2", url], check=True,
+                   capture_output=True)
+    svc = small_service(tmp_path)
+    proc = run_cli("backup", svc, f"borg:{url}::n1")
+    assert proc.returncode == 0, proc.stderr
+    listed = json.loads(run_cli("list", f"borg:{url}", "--json").stdout)
+    assert [(a["name"], a["complete"]) for a in listed] == [("n1", True)]
+    target = tmp_path / "restored"
+    proc = run_cli("restore", f"borg:{url}::n1", target)
+    assert proc.returncode == 0, proc.stderr
+    assert dumps(target) == dumps(svc)
+    # borg serve refuses paths outside the one it is restricted to: one line
+    outside = url.replace("/remote-repos/repo", "/elsewhere")
+    proc = run_cli("backup", svc, f"borg:{outside}::n2")
+    one_line(proc, f"borg:{outside}")

@@ -16,18 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.backup.test_borg import dumps, small_service
+from tests.backup.test_borg import dumps, free_port, small_service
 
 pytestmark = pytest.mark.skipif(shutil.which("rclone") is None, reason="rclone is installed "
                                 "by make test's set-up (.ci/sysdeps.sh)")
 
 SYNFAST = f"{sys.executable} -m synfast"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

@@ -299,3 +299,20 @@ def test_every_environment_in_a_stream_taken_under_a_live_writer_is_one_state(
     finally:
         writer.kill()
         writer.wait(timeout=30)
+
+
+def test_restoring_a_stream_refuses_a_service_in_use(good: Path, svc: Path,
+                                                      tmp_path: Path) -> None:
+    from tests.backup.test_restore import hold
+    from tests.conftest import assert_one_line_error
+
+    holder = hold(svc / "slabs" / "cell.lmdb")
+    try:
+        proc = run_cli("restore", good, svc)
+        assert_one_line_error(proc, str(svc / "slabs" / "cell.lmdb"),
+                              f"is open by process {holder.pid}", code=1)
+        assert not (tmp_path / "cortex00.partial").exists()
+        assert not list(tmp_path.glob("cortex00.old-*"))
+    finally:
+        holder.kill()
+        holder.wait()

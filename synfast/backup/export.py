@@ -35,21 +35,24 @@ def export_stream(backup: str | os.PathLike[str], fd: int, *, label: str = "-",
     report = StreamReport(b, label, manifest=doc)
     sink = Sink(fd, label)
     w = MemberWriter(sink, doc.get("checksum") == cks.CHECKSUM_ALGORITHM)
-    entries = [e for e in doc["entries"]
-               if e["path"].split("/")[0] != manifest.META_DIR]
-    for e in _in_order(entries):
-        path = b / e["path"] if e["path"] else b
-        if e["type"] == "dir":
-            if e["path"]:
-                w.directory(e["path"], _lstat(path))
-        elif e["type"] == "symlink":
-            w.symlink(e["path"], e["target"], _lstat(path))
-        else:
-            _export_file(w, b, e)
-            if progress:
-                progress("item", {"path": e["path"], "bytes": e["size"], "kind": e["type"],
-                                  "written": e.get("allocated", 0)})
-    _finish_export(w, b)
+    try:
+        entries = [e for e in doc["entries"]
+                   if e["path"].split("/")[0] != manifest.META_DIR]
+        for e in _in_order(entries):
+            path = b / e["path"] if e["path"] else b
+            if e["type"] == "dir":
+                if e["path"]:
+                    w.directory(e["path"], _lstat(path))
+            elif e["type"] == "symlink":
+                w.symlink(e["path"], e["target"], _lstat(path))
+            else:
+                _export_file(w, b, e)
+                if progress:
+                    progress("item", {"path": e["path"], "bytes": e["size"], "kind": e["type"],
+                                      "written": e.get("allocated", 0)})
+        _finish_export(w, b)
+    finally:
+        w.close()
     report.bytes_streamed = sink.bytes
     report.seconds = time.monotonic() - t0
     return report

@@ -33,7 +33,9 @@ from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from synfast import workers
 from synfast.backup import checksum as cks
 from synfast.backup import hooks, manifest
 from synfast.backup import tarformat as tf
@@ -114,11 +116,25 @@ def _owner(st: os.stat_result) -> dict:
 
 
 class MemberWriter:
-    """The members of one stream, written to its sink."""
+    """The members of one stream, written to its sink.
+
+    A file's bytes are hashed on a thread of their own while the main thread
+    reads the next piece and writes this one (hashlib releases the GIL): the
+    pieces rotate through :data:`BUFFERS` buffers, and a buffer is reused only
+    once its hashing is done.  :meth:`close` stops the thread."""
+
+    BUFFERS = 4
 
     def __init__(self, sink: Sink, checksum: bool) -> None:
         self.sink, self.checksum = sink, checksum
-        self.buf = bytearray(CHUNK)
+        self.bufs = [memoryview(bytearray(CHUNK)) for _ in range(self.BUFFERS)]
+        self.pending: list[Any] = [None] * self.BUFFERS
+        self.pool: Any = None
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool = None
 
     def directory(self, rel: str, st: os.stat_result) -> None:
         self.sink.write(tf.header(rel + "/", tf.DIR, mode=st.st_mode, uid=st.st_uid,
@@ -135,6 +151,12 @@ class MemberWriter:
         self.sink.write(data)
         self.sink.write(tf.padding(len(data)))
 
+    def _wait(self, k: int) -> None:
+        """Until buffer ``k`` is hashed (its hashing's failure raised here)."""
+        f, self.pending[k] = self.pending[k], None
+        if f is not None:
+            f.result()
+
     def file(self, rel: str, fd: int, st: os.stat_result, runs: list[tuple[int, int]],
              size: int, overlay: bytes = b"") -> tuple[str | None, bool]:
         """Stream ``runs`` of ``fd`` as the member ``rel`` of ``size`` bytes (a
@@ -148,24 +170,36 @@ class MemberWriter:
                                   mtime_ns=st.st_mtime_ns, size=data,
                                   sparse_map=None if dense else runs, realsize=size))
         hasher = cks.StreamChecksum() if self.checksum else None
+        if hasher is not None and self.pool is None and data > CHUNK:
+            self.pool = workers.executor(1, "synfast-hash")
         short = False
-        mv = memoryview(self.buf)
-        for off, length in runs:
-            end = off + length
-            while off < end:
-                want = min(CHUNK, end - off)
-                got = os.preadv(fd, [mv[:want]], off) if not short else 0
-                if got < want:
-                    short = True
-                    mv[got:want] = bytes(want - got)
-                if off < len(overlay):
-                    k = min(len(overlay) - off, want)
-                    mv[:k] = overlay[off:off + k]
-                piece = mv[:want]
-                self.sink.write(piece)
-                if hasher is not None:
-                    hasher.data(off, piece)
-                off += want
+        k = 0
+        try:
+            for off, length in runs:
+                end = off + length
+                while off < end:
+                    want = min(CHUNK, end - off)
+                    self._wait(k)
+                    mv = self.bufs[k]
+                    got = os.preadv(fd, [mv[:want]], off) if not short else 0
+                    if got < want:
+                        short = True
+                        mv[got:want] = bytes(want - got)
+                    if off < len(overlay):
+                        n = min(len(overlay) - off, want)
+                        mv[:n] = overlay[off:off + n]
+                    piece = mv[:want]
+                    if hasher is not None:
+                        if self.pool is not None:
+                            self.pending[k] = self.pool.submit(hasher.data, off, piece)
+                        else:
+                            hasher.data(off, piece)
+                    self.sink.write(piece)
+                    off += want
+                    k = (k + 1) % self.BUFFERS
+        finally:
+            for i in range(self.BUFFERS):
+                self._wait(i)
         self.sink.write(tf.padding(data))
         return (hasher.finish(size) if hasher is not None else None), short
 
@@ -435,13 +469,14 @@ def backup_stream(source: str | os.PathLike[str], fd: int,
         if opts.pre_cmd:
             hooks.run_hook(opts.pre_cmd, "pre")
         the_plan, report.excluded = _walk(src, opts.exclude, opts.skip_dirs)
-        s = _Streamer(the_plan, MemberWriter(sink, opts.checksum), opts, scratch_dir, label,
-                      progress)
+        writer = MemberWriter(sink, opts.checksum)
+        s = _Streamer(the_plan, writer, opts, scratch_dir, label, progress)
         try:
             s.begin(the_plan.of_kind("env"))
             s.run()
         finally:
             s.close()
+            writer.close()
         skipped = [(e.rel, e.special) for e in the_plan.of_kind("special")]
         skipped += [(rel, "file removed during the backup") for rel in sorted(s.vanished)]
         work = [e for e in the_plan.entries if e.kind in ("file", "env")]

@@ -47,6 +47,21 @@ Also timed once per copy: ``synfast copy`` itself, ``tar ... | reader`` (the
 stream borg reads) and ``tar ... > /dev/null`` (GNU tar notices that its archive
 is /dev/null and skips reading file data, so that figure is not a read time).
 
+``--via synfast`` instead sends both nights through ``synfast backup SVC
+borg:REPO::nightN --json`` itself (the stream piped into borg import-tar by synfast,
+``--lmdb-engine pages``, or ``rebuild`` with ``--scratch WORKDIR/scratch``), from a
+second cached pair of service directories (``offsite-*-services/night1`` and
+``night2``: built, copied with ``cp --sparse=always``, the copy mutated as above),
+for the chunkers ``fixed,4096``, ``fixed,16384``, ``fixed,65536`` with ``lz4``
+unless told otherwise.  synfast runs under a small in-process wrapper (``WRAPPER``)
+that records at exit the synfast process's own CPU and peak RSS (RUSAGE_SELF) apart
+from borg's (RUSAGE_CHILDREN, split between import-tar and the ``borg rename`` that
+follows it); the synfast process's private and anonymous memory is polled from
+/proc/PID/smaps_rollup every 20 ms.  Reported per night: borg's stats, wall time,
+synfast's stream time, synfast and borg CPU, peak memory, the repository bytes
+night 2 changed; and, for reference, ``synfast backup SVC - | cat > /dev/null``
+(synfast without borg) per engine and night, ``--alone-rounds`` times.
+
 ``--probe-borg`` instead runs small, concrete probes of borg's behaviour when
 import-tar fails (missing repository, wrong passphrase, lock held, SIGINT,
 SIGTERM, SIGHUP, SIGKILL mid-stream, truncated tar streams) and prints each
@@ -59,6 +74,7 @@ Usage::
     .venv/bin/python -m bench.offsite --chunkers "fixed,4096;buzhash,19,23,21,4095" \\
         --compression "lz4;zstd,3"
     .venv/bin/python -m bench.offsite --probe-borg --workdir /tmp/offsite-probe
+    .venv/bin/python -m bench.offsite --via synfast --workdir /tmp/offsite-via
 
 Lists (``--chunkers``, ``--compression``, ``--engines``) are separated by ``;``
 or blanks, since borg's own values contain commas.  Repositories and borg's
@@ -97,6 +113,7 @@ DEFAULT_ENGINES = ["pages", "rebuild"]
 DEFAULT_CHUNKERS = ["fixed,4096", "fixed,16384", "fixed,65536", "buzhash,19,23,21,4095",
                     "buzhash,12,20,14,4095"]
 DEFAULT_COMPRESSION = ["lz4", "none", "zstd,3"]
+VIA_CHUNKERS = "fixed,4096;fixed,16384;fixed,65536"
 TAR = ["tar", "--sparse", "--format=posix", "-cf", "-"]
 PASSPHRASE = "offsite-bench"
 ENCRYPTION = "repokey-blake2"
@@ -508,6 +525,343 @@ def run_combination(home: Path, workdir: Path, engine: str, chunker: str, compre
         shutil.rmtree(base, ignore_errors=True)
 
 
+# --------------------------------------------------------------------------- via synfast
+
+#: Runs ``synfast.cli.main`` in this process and, at its final ``os._exit``, writes
+#: what the process used to the file named by argv[1]: RUSAGE_SELF (synfast alone,
+#: every thread), RUSAGE_CHILDREN (the borg processes it waited for), and the moment
+#: borg import-tar had exited (synfast then renames the archive with ``borg rename``).
+WRAPPER = r"""
+import json, os, resource, sys, time
+t0 = time.monotonic()
+out = sys.argv[1]
+sys.argv = ["synfast", *sys.argv[2:]]
+marks = {}
+
+def ru(who):
+    r = resource.getrusage(who)
+    return {"user": r.ru_utime, "sys": r.ru_stime, "maxrss_kib": r.ru_maxrss}
+
+from synfast.backup import borg as _borg
+_real_rename = _borg._rename
+
+def _rename(partial, target):
+    marks["import_end_s"] = time.monotonic() - t0
+    marks["children_at_import_end"] = ru(resource.RUSAGE_CHILDREN)
+    try:
+        return _real_rename(partial, target)
+    finally:
+        marks["rename_end_s"] = time.monotonic() - t0
+
+_borg._rename = _rename
+_real_exit = os._exit
+
+def _exit(code):
+    doc = {"self": ru(resource.RUSAGE_SELF), "children": ru(resource.RUSAGE_CHILDREN),
+           "end_s": time.monotonic() - t0, **marks}
+    with open(out, "w") as f:
+        json.dump(doc, f)
+    _real_exit(code)
+
+os._exit = _exit
+from synfast.cli import main
+main()
+"""
+
+
+class MemPoll(threading.Thread):
+    """Peak memory of one process, in KiB, polled every ``interval`` s: private
+    (Private_Clean + Private_Dirty) and anonymous from /proc/PID/smaps_rollup, and
+    VmHWM (peak RSS) from /proc/PID/status.  (``ru_maxrss`` of a child is no use
+    here: Linux folds into it the RSS of the address space it had before exec, a
+    copy of its parent's.)"""
+
+    def __init__(self, pid: int, interval: float = 0.02) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.interval = pid, interval
+        self.private = self.anon = self.hwm = self.samples = 0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                with open(f"/proc/{self.pid}/smaps_rollup") as f:
+                    text = f.read()
+                with open(f"/proc/{self.pid}/status") as f:
+                    text += f.read()
+            except OSError:
+                return
+            v: dict[str, int] = {}
+            for line in text.splitlines()[1:]:
+                parts = line.split()
+                if len(parts) >= 2 and parts[1].isdigit():
+                    v[parts[0].rstrip(":")] = int(parts[1])
+            if "Rss" not in v:                      # a zombie: the process is done
+                return
+            self.samples += 1
+            self.private = max(self.private,
+                               v.get("Private_Clean", 0) + v.get("Private_Dirty", 0))
+            self.anon = max(self.anon, v.get("Anonymous", 0))
+            self.hwm = max(self.hwm, v.get("VmHWM", 0))
+            self.stop.wait(self.interval)
+
+
+@dataclass
+class SynfastRun:
+    """One ``synfast backup`` run under :data:`WRAPPER`."""
+
+    wall: float                     # seconds, process start to exit
+    stream_s: float                 # synfast's own figure: the stream, start to end
+    self_cpu: float                 # synfast process, user + sys
+    self_user: float
+    self_sys: float
+    borg_cpu: float                 # borg import-tar (user + sys), 0 for a stream to cat
+    rename_cpu: float               # borg rename afterwards
+    import_end: float               # seconds from synfast's start until import-tar exited
+    rename_s: float                 # seconds of borg rename
+    synfast_rss_kib: int            # peak RSS of the synfast process (VmHWM, polled)
+    synfast_private_kib: int        # peak private memory, polled
+    synfast_anon_kib: int           # peak anonymous memory, polled
+    borg_rss_kib: int               # borg import-tar's ru_maxrss (see below)
+    bytes_streamed: int
+    stats: dict[str, int] = field(default_factory=dict)
+    upload: int = 0
+    upload_segments: int = 0
+
+
+def run_synfast(args: list[str], env: dict[str, str], runfile: Path,
+                stdout_to_cat: bool = False) -> tuple[SynfastRun, str]:
+    """Run ``synfast ARGS`` under :data:`WRAPPER`; its stdout is returned, or piped
+    into ``cat > /dev/null`` when STDOUT_TO_CAT (a stream; --json then goes to stderr)."""
+    runfile.unlink(missing_ok=True)
+    cmd = [sys.executable, "-c", WRAPPER, os.fspath(runfile), *args]
+    t0 = time.monotonic()
+    if stdout_to_cat:
+        with open(os.devnull, "wb") as null:
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+            cat = subprocess.Popen(["cat"], stdin=proc.stdout, stdout=null)
+            assert proc.stdout is not None
+            proc.stdout.close()
+            poll = MemPoll(proc.pid)
+            poll.start()
+            assert proc.stderr is not None
+            text = proc.stderr.read().decode(errors="replace")
+            rc = proc.wait()
+            cat.wait()
+    else:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        poll = MemPoll(proc.pid)
+        poll.start()
+        out, err = proc.communicate()
+        text, rc = out.decode(errors="replace"), proc.returncode
+        if rc:
+            text += err.decode(errors="replace")
+    wall = time.monotonic() - t0
+    poll.stop.set()
+    poll.join()
+    if rc:
+        raise SystemExit(f"synfast {' '.join(args)} failed: rc {rc}\n{text}")
+    ru = json.loads(runfile.read_text())
+    doc = json.loads(text[text.index("{"):])
+    me, kids = ru["self"], ru["children"]
+    at_import = ru.get("children_at_import_end", kids)
+    borg = at_import["user"] + at_import["sys"]
+    return SynfastRun(
+        wall=wall, stream_s=doc["seconds"], self_cpu=me["user"] + me["sys"],
+        self_user=me["user"], self_sys=me["sys"], borg_cpu=borg,
+        rename_cpu=kids["user"] + kids["sys"] - borg,
+        import_end=ru.get("import_end_s", ru["end_s"]),
+        rename_s=ru.get("rename_end_s", 0.0) - ru.get("import_end_s", 0.0),
+        synfast_rss_kib=poll.hwm, synfast_private_kib=poll.private,
+        synfast_anon_kib=poll.anon, borg_rss_kib=at_import["maxrss_kib"],
+        bytes_streamed=doc["bytes_streamed"], stats=doc.get("borg", {})), text
+
+
+def prepare_services(scale: float, log: Any) -> tuple[Path, dict[str, Any]]:
+    """The service directory in its night-1 state and in its night-2 state, side by
+    side (built, copied with ``cp --sparse=always``, the copy mutated), cached."""
+    home = CACHE / f"offsite-scale{scale:g}-g{GENERATOR}-services"
+    meta_path = home / "meta.json"
+    if meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+        if meta.get("stage") == "mutated":
+            return home, meta
+    if home.exists():
+        shutil.rmtree(home)
+    home.mkdir(parents=True)
+    log(f"building the service directory (scale {scale:g}) for --via synfast ...")
+    t0 = time.monotonic()
+    meta = {"scale": scale, "entries": build_service(home / "night1", scale),
+            "build_s": time.monotonic() - t0}
+    subprocess.run(["cp", "-a", "--sparse=always", os.fspath(home / "night1"),
+                    os.fspath(home / "night2")], check=True)
+    meta["mutation"] = mutate_service(home / "night2", scale)
+    meta["service"] = dict(zip(("apparent", "allocated"), disk_usage(home / "night1"),
+                               strict=True))
+    meta["stage"] = "mutated"
+    meta_path.write_text(json.dumps(meta, indent=2) + "\n")
+    log(f"  {meta['entries']}, night 2: {meta['mutation']}")
+    return home, meta
+
+
+def engine_args(engine: str, scratch: Path) -> list[str]:
+    args = ["--lmdb-engine", engine]
+    if engine != "pages":
+        scratch.mkdir(parents=True, exist_ok=True)
+        args += ["--scratch", os.fspath(scratch)]
+    return args
+
+
+@dataclass
+class ViaResult:
+    engine: str
+    chunker: str
+    compression: str
+    nights: list[SynfastRun] = field(default_factory=list)
+
+    @property
+    def added_ratio(self) -> float:
+        return (self.nights[1].stats["deduplicated_size"]
+                / self.nights[0].stats["deduplicated_size"])
+
+
+def run_via_synfast(home: Path, workdir: Path, engine: str, chunker: str, compression: str,
+                    log: Any) -> ViaResult:
+    """Night 1 then night 2 with ``synfast backup SVC borg:REPO::nightN --json`` in a
+    fresh repository."""
+    tag = re.sub(r"[^A-Za-z0-9]+", "_", f"via-{engine}-{chunker}-{compression}")
+    repo, base = workdir / f"repo-{tag}", workdir / f"base-{tag}"
+    for p in (repo, base):
+        if p.exists():
+            shutil.rmtree(p)
+    base.mkdir(parents=True)
+    env = borg_env(base)
+    try:
+        borg_init(repo, env)
+        res = ViaResult(engine, chunker, compression)
+        for night in (1, 2):
+            before = repo_files(repo)
+            subprocess.run(["sync"], check=True)
+            run, _ = run_synfast(
+                ["backup", *engine_args(engine, workdir / "scratch"), "--chunker-params",
+                 chunker, "--compression", compression, "--json",
+                 os.fspath(home / f"night{night}"), f"borg:{repo}::night{night}"],
+                env, base / "run.json")
+            after = repo_files(repo)
+            changed = {p: size for p, (size, mtime) in after.items()
+                       if before.get(p) != (size, mtime)}
+            run.upload = sum(changed.values())
+            run.upload_segments = sum(size for p, size in changed.items()
+                                      if p.startswith("data" + os.sep))
+            res.nights.append(run)
+        n1, n2 = res.nights
+        log(f"  via synfast {engine:8} {chunker:12} {compression:5} night1 "
+            f"{n1.stats['deduplicated_size'] / MB:7.1f} MB ({n1.wall:5.1f} s)  night2 +"
+            f"{n2.stats['deduplicated_size'] / MB:7.2f} MB ({n2.wall:5.1f} s) = "
+            f"{100 * res.added_ratio:5.2f}%")
+        return res
+    finally:
+        shutil.rmtree(repo, ignore_errors=True)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def streams_alone(home: Path, workdir: Path, engines: list[str], rounds: int,
+                  log: Any) -> dict[str, list[SynfastRun]]:
+    """``synfast backup [engine] SVC - | cat > /dev/null`` per engine and night, ROUNDS
+    times (interleaved): synfast without borg."""
+    env = dict(os.environ)
+    out: dict[str, list[SynfastRun]] = {}
+    for _ in range(rounds):
+        for engine in engines:
+            for night in (1, 2):
+                run, _ = run_synfast(
+                    ["backup", *engine_args(engine, workdir / "scratch"), "--json",
+                     os.fspath(home / f"night{night}"), "-"],
+                    env, workdir / "alone.json", stdout_to_cat=True)
+                out.setdefault(f"{engine}-night{night}", []).append(run)
+    for name, runs in out.items():
+        log(f"  alone {name}: " + ", ".join(f"{r.wall:.2f} s" for r in runs))
+    return out
+
+
+def via_tables(results: list[ViaResult], alone: dict[str, list[SynfastRun]]) -> str:
+    mib = 1024
+    rows = ["| engine | chunker | compression | night1 dedup MB | night2 added MB | ratio % "
+            "| night2 upload MB (segments) | wall s n1 / n2 | stream s n1 / n2 "
+            "| borg commit + rename s n1 / n2 |",
+            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        n1, n2 = r.nights
+        rows.append(
+            f"| {r.engine} | `{r.chunker}` | `{r.compression}` "
+            f"| {n1.stats['deduplicated_size'] / MB:.1f} "
+            f"| {n2.stats['deduplicated_size'] / MB:.2f} | {100 * r.added_ratio:.2f} "
+            f"| {n2.upload / MB:.2f} ({n2.upload_segments / MB:.2f}) "
+            f"| {n1.wall:.2f} / {n2.wall:.2f} | {n1.stream_s:.2f} / {n2.stream_s:.2f} "
+            f"| {n1.wall - n1.stream_s:.2f} / {n2.wall - n2.stream_s:.2f} |")
+    rows += ["", "| engine | chunker | night | wall s | synfast CPU s (user+sys) "
+             "| borg import-tar CPU s | borg rename CPU s | rename s "
+             "| synfast peak RSS / private / anon MiB | borg peak RSS MiB |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        for i, n in enumerate(r.nights, 1):
+            rows.append(
+                f"| {r.engine} | `{r.chunker}` | {i} | {n.wall:.2f} "
+                f"| {n.self_cpu:.2f} ({n.self_user:.2f}+{n.self_sys:.2f}) "
+                f"| {n.borg_cpu:.2f} | {n.rename_cpu:.2f} | {n.rename_s:.2f} "
+                f"| {n.synfast_rss_kib / mib:.0f} / {n.synfast_private_kib / mib:.0f} / "
+                f"{n.synfast_anon_kib / mib:.0f} | {n.borg_rss_kib / mib:.0f} |")
+    if alone:
+        rows += ["", "synfast alone: `synfast backup [--lmdb-engine E --scratch D] SVC - --json "
+                 "| cat > /dev/null`, median of the runs (each run's wall in brackets)", "",
+                 "| engine-night | stream MB | wall s | synfast CPU s (user+sys) "
+                 "| peak RSS / private / anon MiB |",
+                 "|---|---:|---:|---:|---:|"]
+        for name, runs in alone.items():
+            med = sorted(runs, key=lambda r: r.wall)[len(runs) // 2]
+            rows.append(
+                f"| {name} | {med.bytes_streamed / MB:.1f} | {med.wall:.2f} "
+                f"({', '.join(f'{r.wall:.2f}' for r in runs)}) "
+                f"| {med.self_cpu:.2f} ({med.self_user:.2f}+{med.self_sys:.2f}) "
+                f"| {max(r.synfast_rss_kib for r in runs) / mib:.0f} / "
+                f"{max(r.synfast_private_kib for r in runs) / mib:.0f} / "
+                f"{max(r.synfast_anon_kib for r in runs) / mib:.0f} |")
+    return "\n".join(rows)
+
+
+def main_via_synfast(args: argparse.Namespace, log: Any) -> int:
+    engines, chunkers = split_list(args.engines), split_list(args.chunkers or VIA_CHUNKERS)
+    compressions = split_list(args.compression or "lz4")
+    t_start = time.monotonic()
+    home, meta = prepare_services(args.scale, log)
+    version = subprocess.run(["borg", "--version"], capture_output=True, text=True).stdout
+    alone = streams_alone(home, args.workdir, engines, args.alone_rounds, log)
+    results = [run_via_synfast(home, args.workdir, engine, chunker, comp, log)
+               for engine in engines for chunker in chunkers for comp in compressions]
+    print(f"\n## synfast backup SVC borg:REPO::nightN, two nights (scale {args.scale:g}; "
+          f"{version.strip()}, {ENCRYPTION})\n")
+    print(f"Service: {meta['entries']} entries per environment, apparent / allocated "
+          f"{meta['service']['apparent'] / MB:.0f} / {meta['service']['allocated'] / MB:.0f} MB;"
+          f" night 2: {meta['mutation']}\n")
+    print(via_tables(results, alone))
+    print("\nwall = the whole `synfast backup` process (start-up, stream, borg's commit, "
+          "borg rename); stream s = synfast's own report (start of the walk to the end of "
+          "the stream); synfast CPU = RUSAGE_SELF of the synfast process; borg CPU = "
+          "RUSAGE_CHILDREN when borg import-tar had exited (then borg rename's). synfast "
+          "peak RSS = VmHWM, private = Private_Clean + Private_Dirty (file pages mapped by "
+          "synfast alone count: rebuild's copy in --scratch), anon = Anonymous, polled "
+          "every 20 ms; borg peak RSS = import-tar's ru_maxrss, which is at least synfast's "
+          "RSS when it started borg (Linux counts the address space before exec).")
+    print(f"\n(total {time.monotonic() - t_start:.0f} s)")
+    if args.json_out:
+        args.json_out.write_text(json.dumps({
+            "via": "synfast", "scale": args.scale, "borg": version.strip(), "meta": meta,
+            "alone": {k: [vars(r) for r in v] for k, v in alone.items()},
+            "results": [{"engine": r.engine, "chunker": r.chunker, "compression": r.compression,
+                         "nights": [vars(n) for n in r.nights]} for r in results]}, indent=2))
+    return 0
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -757,11 +1111,20 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.offsite", description=__doc__.split("\n")[0])
     ap.add_argument("--scale", type=float, default=1.0, help="1: about 300 MB of LMDB data")
     ap.add_argument("--engines", default=";".join(DEFAULT_ENGINES))
-    ap.add_argument("--chunkers", default=";".join(DEFAULT_CHUNKERS),
-                    help="borg --chunker-params values, separated by ';' or blanks")
-    ap.add_argument("--compression", default=";".join(DEFAULT_COMPRESSION),
+    ap.add_argument("--chunkers", default=None,
+                    help="borg --chunker-params values, separated by ';' or blanks (default: "
+                    f"{';'.join(DEFAULT_CHUNKERS)}; with --via synfast {VIA_CHUNKERS})")
+    ap.add_argument("--compression", default=None,
                     help="borg --compression values; the first is used with every chunker, "
-                    "the others with the best chunker of each engine")
+                    "the others with the best chunker of each engine (default: "
+                    f"{';'.join(DEFAULT_COMPRESSION)}; with --via synfast lz4, each used with "
+                    "every chunker)")
+    ap.add_argument("--via", choices=("tar", "synfast"), default="tar",
+                    help="tar: synfast copy, then GNU tar | borg import-tar; synfast: "
+                    "synfast backup SVC borg:REPO::nightN itself")
+    ap.add_argument("--alone-rounds", type=int, default=3,
+                    help="with --via synfast: runs of synfast backup SVC - | cat per engine "
+                    "and night (synfast without borg)")
     ap.add_argument("--all-pairs", action="store_true",
                     help="every chunker with every compression")
     ap.add_argument("--workdir", type=Path, default=CACHE / "offsite-work",
@@ -778,8 +1141,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.probe_borg:
         Prober(args.workdir, log).run()
         return 0
-    engines, chunkers = split_list(args.engines), split_list(args.chunkers)
-    compressions = split_list(args.compression)
+    if args.via == "synfast":
+        return main_via_synfast(args, log)
+    engines = split_list(args.engines)
+    chunkers = split_list(args.chunkers or ";".join(DEFAULT_CHUNKERS))
+    compressions = split_list(args.compression or ";".join(DEFAULT_COMPRESSION))
     t_start = time.monotonic()
     home, meta = prepare(args.scale, engines, log)
     version = subprocess.run(["borg", "--version"], capture_output=True, text=True).stdout

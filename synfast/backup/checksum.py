@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
+from typing import Any
 
 from synfast import workers
 from synfast.files.sparse import extents
@@ -101,28 +102,20 @@ def checksum_file(path: str | os.PathLike[str]) -> str:
         os.close(fd)
 
 
-class StreamChecksum:
-    """The canonical checksum of a file whose content arrives in order, as a
-    stream writes or reads it: :meth:`data` for bytes at an offset, anything
-    skipped being a hole; :meth:`finish` with the file's size.  Same result as
-    :func:`checksum_fd` of the file, computed from bytes already in memory, so
-    a stream never reads its data twice."""
+class _Segment:
+    """The digest of one segment (``start`` to ``end``) whose bytes arrive in
+    order; anything not given is a hole."""
 
     _ZERO = bytes(BLOCK)
 
-    def __init__(self) -> None:
-        self.pos = 0                    # bytes accounted for so far
+    def __init__(self, start: int, end: int) -> None:
+        self.start, self.pos, self.end = start, start, end
         self.block = bytearray()        # the current block's bytes, when partial
-        self.zrun = 0                   # zero bytes pending in this segment
-        self.seg = hashlib.blake2b(digest_size=32)
-        self.whole = hashlib.blake2b(digest_size=32)
+        self.zrun = 0                   # zero bytes not yet fed to the hash
+        self.h = hashlib.blake2b(digest_size=32)
 
-    def data(self, offset: int, buf: bytes | bytearray | memoryview) -> None:
-        """Account ``buf`` at ``offset`` (at or after everything given before)."""
-        if offset < self.pos:
-            raise ValueError("stream checksum fed out of order")
+    def data(self, offset: int, mv: memoryview) -> None:
         self._zeros(offset - self.pos)
-        mv = memoryview(buf).cast("B")
         while len(mv):
             room = BLOCK - len(self.block)
             if self.block or len(mv) < room:
@@ -135,14 +128,12 @@ class StreamChecksum:
                     self.block = bytearray()
             else:
                 n = len(mv) // BLOCK * BLOCK
-                n = min(n, SEGMENT - self.pos % SEGMENT)
                 for i in range(0, n, BLOCK):
                     self.pos += BLOCK
                     self._block(mv[i:i + BLOCK])
                 mv = mv[n:]
 
     def _zeros(self, n: int) -> None:
-        """``n`` zero bytes (a hole) at the current position."""
         if n and self.block:
             take = min(n, BLOCK - len(self.block))
             self.block += bytes(take)
@@ -151,53 +142,83 @@ class StreamChecksum:
             if len(self.block) == BLOCK:
                 self._block(self.block)
                 self.block = bytearray()
-        while n >= BLOCK:
-            # whole zero blocks, a segment at a time
-            room = SEGMENT - self.pos % SEGMENT
-            take = min(n // BLOCK * BLOCK, room)
-            self.zrun += take
-            self.pos += take
-            n -= take
-            if self.pos % SEGMENT == 0:
-                self._end_segment(SEGMENT)
-        if n:
-            self.block += bytes(n)
-            self.pos += n
+        whole = n // BLOCK * BLOCK
+        self.zrun += whole
+        self.pos += whole
+        if n - whole:
+            self.block += bytes(n - whole)
+            self.pos += n - whole
 
     def _block(self, b: bytes | bytearray | memoryview) -> None:
-        """One complete block ending at ``self.pos``."""
         # bytes against bytes is one memcmp; a memoryview compares byte by byte
         if (bytes(b) if isinstance(b, memoryview) else b) == (
                 self._ZERO if len(b) == BLOCK else bytes(len(b))):
             self.zrun += len(b)
         else:
             if self.zrun:
-                self.seg.update(b"Z" + _U64.pack(self.zrun))
+                self.h.update(b"Z" + _U64.pack(self.zrun))
                 self.zrun = 0
-            self.seg.update(b"D")
-            self.seg.update(b)
-        if self.pos % SEGMENT == 0:
-            self._end_segment(SEGMENT)
+            self.h.update(b"D")
+            self.h.update(b)
 
-    def _end_segment(self, length: int) -> None:
-        if self.zrun:
-            self.seg.update(b"Z" + _U64.pack(self.zrun))
-            self.zrun = 0
-        self.seg.update(b"E" + _U64.pack(length))
-        self.whole.update(b"S" + self.seg.digest())
-        self.seg = hashlib.blake2b(digest_size=32)
-
-    def finish(self, size: int) -> str:
-        """The checksum of the file, ``size`` bytes long (the rest is a hole)."""
-        if size < self.pos:
-            raise ValueError("stream checksum given more bytes than the file's size")
-        self._zeros(size - self.pos)
+    def finish(self) -> bytes:
+        self._zeros(self.end - self.pos)
         if self.block:
             self.block, last = bytearray(), self.block
             self._block(last)
-            if self.pos % SEGMENT:
-                self._end_segment(self.pos % SEGMENT)
-        elif self.pos % SEGMENT or self.pos == 0:
-            self._end_segment(self.pos % SEGMENT)
-        self.whole.update(b"E" + _U64.pack(size))
-        return self.whole.hexdigest()
+        if self.zrun:
+            self.h.update(b"Z" + _U64.pack(self.zrun))
+        self.h.update(b"E" + _U64.pack(self.end - self.start))
+        return self.h.digest()
+
+
+class StreamChecksum:
+    """The canonical checksum of a file whose content arrives in order, as a
+    stream writes or reads it: :meth:`data` for bytes at an offset, anything
+    skipped being a hole; :meth:`finish` with the file's size.  Same result as
+    :func:`checksum_fd` of the file, computed from bytes already in memory, so
+    a stream never reads its data twice.
+
+    Segments are independent, so with ``run`` (a callable ``run(segment_index,
+    fn, *args)`` returning a future, e.g. one single-thread executor per core
+    chosen by the index) :meth:`data` hashes on other threads and returns the
+    futures; the bytes given must stay unchanged until they are done."""
+
+    def __init__(self, run: Any = None) -> None:
+        self.run = run
+        self.segments: dict[int, _Segment] = {}
+        self.pos = 0
+
+    def data(self, offset: int, buf: bytes | bytearray | memoryview) -> list[Any]:
+        """Account ``buf`` at ``offset`` (at or after everything given before)."""
+        if offset < self.pos:
+            raise ValueError("stream checksum fed out of order")
+        mv = memoryview(buf).cast("B")
+        futures = []
+        while len(mv):
+            index = offset // SEGMENT
+            take = min(len(mv), (index + 1) * SEGMENT - offset)
+            seg = self.segments.get(index)
+            if seg is None:
+                seg = self.segments[index] = _Segment(index * SEGMENT, (index + 1) * SEGMENT)
+            if self.run is None:
+                seg.data(offset, mv[:take])
+            else:
+                futures.append(self.run(index, seg.data, offset, mv[:take]))
+            offset += take
+            mv = mv[take:]
+        self.pos = offset
+        return futures
+
+    def finish(self, size: int) -> str:
+        """The checksum of the file, ``size`` bytes long (the rest is a hole);
+        every future :meth:`data` returned must be done."""
+        if size < self.pos:
+            raise ValueError("stream checksum given more bytes than the file's size")
+        whole = hashlib.blake2b(digest_size=32)
+        for index in range(max(1, -(-size // SEGMENT))):
+            seg = self.segments.get(index) or _Segment(index * SEGMENT, 0)
+            seg.end = min(size, (index + 1) * SEGMENT)
+            whole.update(b"S" + seg.finish())
+        whole.update(b"E" + _U64.pack(size))
+        return whole.hexdigest()

@@ -118,23 +118,28 @@ def _owner(st: os.stat_result) -> dict:
 class MemberWriter:
     """The members of one stream, written to its sink.
 
-    A file's bytes are hashed on a thread of their own while the main thread
-    reads the next piece and writes this one (hashlib releases the GIL): the
-    pieces rotate through :data:`BUFFERS` buffers, and a buffer is reused only
-    once its hashing is done.  :meth:`close` stops the thread."""
+    A file's bytes are hashed on other threads while the main thread reads
+    the next piece and writes this one (hashlib releases the GIL): segments of
+    the checksum are independent, and segment ``i`` goes to hashing thread
+    ``i % threads`` (one per core), which keeps each segment's bytes in order.
+    Pieces rotate through :data:`BUFFERS` buffers, and a buffer is reused only
+    once its hashing is done.  :meth:`close` stops the threads."""
 
-    BUFFERS = 4
+    BUFFERS = 6
 
     def __init__(self, sink: Sink, checksum: bool) -> None:
         self.sink, self.checksum = sink, checksum
         self.bufs = [memoryview(bytearray(CHUNK)) for _ in range(self.BUFFERS)]
-        self.pending: list[Any] = [None] * self.BUFFERS
-        self.pool: Any = None
+        self.pending: list[list[Any]] = [[] for _ in range(self.BUFFERS)]
+        self.pools: list[Any] = []
 
     def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
-            self.pool = None
+        for pool in self.pools:
+            pool.shutdown(wait=True, cancel_futures=True)
+        self.pools = []
+
+    def _run(self, index: int, fn: Any, *args: Any) -> Any:
+        return self.pools[index % len(self.pools)].submit(fn, *args)
 
     def directory(self, rel: str, st: os.stat_result) -> None:
         self.sink.write(tf.header(rel + "/", tf.DIR, mode=st.st_mode, uid=st.st_uid,
@@ -153,8 +158,8 @@ class MemberWriter:
 
     def _wait(self, k: int) -> None:
         """Until buffer ``k`` is hashed (its hashing's failure raised here)."""
-        f, self.pending[k] = self.pending[k], None
-        if f is not None:
+        futures, self.pending[k] = self.pending[k], []
+        for f in futures:
             f.result()
 
     def file(self, rel: str, fd: int, st: os.stat_result, runs: list[tuple[int, int]],
@@ -169,9 +174,12 @@ class MemberWriter:
         self.sink.write(tf.header(rel, tf.REG, mode=st.st_mode, uid=st.st_uid, gid=st.st_gid,
                                   mtime_ns=st.st_mtime_ns, size=data,
                                   sparse_map=None if dense else runs, realsize=size))
-        hasher = cks.StreamChecksum() if self.checksum else None
-        if hasher is not None and self.pool is None and data > CHUNK:
-            self.pool = workers.executor(1, "synfast-hash")
+        hasher = None
+        if self.checksum:
+            if data > CHUNK and not self.pools:
+                self.pools = [workers.executor(1, f"synfast-hash{i}")
+                              for i in range(min(2, os.cpu_count() or 1))]
+            hasher = cks.StreamChecksum(self._run if data > CHUNK else None)
         short = False
         k = 0
         try:
@@ -190,10 +198,7 @@ class MemberWriter:
                         mv[:n] = overlay[off:off + n]
                     piece = mv[:want]
                     if hasher is not None:
-                        if self.pool is not None:
-                            self.pending[k] = self.pool.submit(hasher.data, off, piece)
-                        else:
-                            hasher.data(off, piece)
+                        self.pending[k] = hasher.data(off, piece)
                     self.sink.write(piece)
                     off += want
                     k = (k + 1) % self.BUFFERS

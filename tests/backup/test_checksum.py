@@ -145,3 +145,49 @@ def test_a_file_that_shrinks_is_an_error(tmp_path: Path) -> None:
             _hash.segment_digests(fd, [(0, 3 * BLOCK, [(0, 3 * BLOCK)])])
     finally:
         os.close(fd)
+
+
+@pytest.mark.parametrize("threads", [0, 2])
+def test_a_streamed_checksum_equals_the_files(tmp_path: Path, threads: int) -> None:
+    """StreamChecksum, fed a file's data extents in pieces of any size (on two
+    hashing threads by segment, or inline), agrees with checksum_fd of the file:
+    data across segment boundaries, zero blocks inside data, a partial last
+    block, a file ending in a hole."""
+    import random
+    from concurrent.futures import ThreadPoolExecutor
+
+    from synfast.files.sparse import extents
+
+    rng = random.Random(7)
+    seg = cks.SEGMENT
+    path = tmp_path / "f"
+    size = 3 * seg + 12345
+    with open(path, "wb") as f:
+        f.truncate(size)
+        for off, data in [(seg - 70000, os.urandom(150000)), (seg + 4096, bytes(200000)),
+                          (2 * seg + 5, os.urandom(3 << 20)), (size - 12000, os.urandom(11000)),
+                          (100, b"x")]:
+            f.seek(off)
+            f.write(data)
+    pools = [ThreadPoolExecutor(1) for _ in range(threads)]
+    try:
+        hasher = cks.StreamChecksum(
+            (lambda i, fn, *a: pools[i % threads].submit(fn, *a)) if threads else None)
+        fd = os.open(path, os.O_RDONLY)
+        futures = []
+        try:
+            for off, length in extents(fd):
+                while length:
+                    n = min(length, rng.choice([1000, 1 << 16, 1 << 20, 3 << 20]))
+                    futures += hasher.data(off, os.pread(fd, n, off))
+                    off, length = off + n, length - n
+        finally:
+            os.close(fd)
+        for f in futures:
+            f.result()
+        assert hasher.finish(size) == cks.checksum_file(path)
+        (tmp_path / "empty").touch()
+        assert cks.StreamChecksum().finish(0) == cks.checksum_file(tmp_path / "empty")
+    finally:
+        for p in pools:
+            p.shutdown()

@@ -121,7 +121,8 @@ class MemberWriter:
     A file's bytes are hashed on other threads while the main thread reads
     the next piece and writes this one (hashlib releases the GIL): segments of
     the checksum are independent, and segment ``i`` goes to hashing thread
-    ``i % threads`` (one per core), which keeps each segment's bytes in order.
+    ``i % threads`` (one per core but one), which keeps each segment's bytes
+    in order.
     Pieces rotate through :data:`BUFFERS` buffers, and a buffer is reused only
     once its hashing is done.  :meth:`close` stops the threads."""
 
@@ -177,8 +178,10 @@ class MemberWriter:
         hasher = None
         if self.checksum:
             if data > CHUNK and not self.pools:
+                # one core reads and writes, the others hash (measured on 2
+                # cores: a second hashing thread slowed the stream by 10%)
                 self.pools = [workers.executor(1, f"synfast-hash{i}")
-                              for i in range(min(2, os.cpu_count() or 1))]
+                              for i in range(max(1, (os.cpu_count() or 1) - 1))]
             hasher = cks.StreamChecksum(self._run if data > CHUNK else None)
         short = False
         k = 0

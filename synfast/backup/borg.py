@@ -175,7 +175,8 @@ def backup_to_borg(source: str | os.PathLike[str], target: BorgTarget, options: 
     """Back up ``source`` into the archive ``target`` with ``borg import-tar``.
     Returns the stream's report and borg's statistics (``original_size``,
     ``compressed_size``, ``deduplicated_size``, ``nfiles``, ``duration``)."""
-    from synfast.backup.stream import StreamBroken, backup_stream
+    from synfast.backup.stream import backup_stream
+    from synfast.backup.tarwriter import StreamBroken
 
     assert target.archive is not None
     partial = BorgTarget(target.repo, target.archive + PARTIAL)

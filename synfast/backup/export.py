@@ -20,7 +20,8 @@ from pathlib import Path
 from synfast.backup import checksum as cks
 from synfast.backup import manifest
 from synfast.backup import tarformat as tf
-from synfast.backup.stream import MemberWriter, ProgressFn, Sink, StreamReport, file_runs
+from synfast.backup.stream import ProgressFn, StreamReport
+from synfast.backup.tarwriter import MemberWriter, Sink, file_runs
 from synfast.errors import CopyFailed, convert_error
 
 

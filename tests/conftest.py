@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -249,3 +250,28 @@ def fiemap(path: Path) -> list[tuple[int, int, bool]]:
         first, last = (int(x) for x in fields[1].split(".."))
         extents.append((first * block, (last - first + 1) * block, "shared" in fields[-1]))
     return extents
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on (for a server a test starts)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_listening(port: int, server: subprocess.Popen, what: str) -> None:
+    """Until ``server`` accepts connections on ``port``; fails if it exits first
+    (the deadline only keeps a broken server from hanging the test)."""
+    import socket
+
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            assert server.poll() is None, f"{what} exited"
+            assert time.monotonic() < deadline, f"{what} did not start"
+            time.sleep(0.05)

@@ -15,8 +15,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-from synfast.errors import CopyFailed
+from synfast.errors import CopyFailed, SynfastError
 from synfast.workers import Cancel
 
 PAUSE_POINTS = ("partial-created", "snapshots-taken", "mid-file", "manifest-written")
@@ -47,3 +49,23 @@ def run_hook(cmd: str, what: str) -> None:
     if proc.returncode != 0:
         raise CopyFailed(None, f"the {what} command failed with exit code {proc.returncode}: "
                          f"{cmd}", f"fix the command or drop --{what}-cmd")
+
+
+@contextmanager
+def around(pre_cmd: str | None, post_cmd: str | None) -> Iterator[None]:
+    """Run ``pre_cmd`` before the body and ``post_cmd`` after it, even when the
+    body fails; a failing ``post_cmd`` fails only a body that succeeded (the
+    body's own error is the one to report)."""
+    ok = False
+    try:
+        if pre_cmd:
+            run_hook(pre_cmd, "pre")
+        yield
+        ok = True
+    finally:
+        if post_cmd:
+            try:
+                run_hook(post_cmd, "post")
+            except SynfastError:
+                if ok:
+                    raise

@@ -90,14 +90,8 @@ def restore(
     _check_target(service)
     if inside(service.resolve(), bdir.resolve()) or inside(bdir.resolve(), service.resolve()):
         raise UsageError(service, "overlaps the backup", "restore to another place")
-    if not force:
-        _check_not_in_use(service)
-    partial = service.with_name(service.name + ".partial")
-    if os.path.lexists(partial):
-        raise DestinationExists(partial, "exists (left by an interrupted restore?)",
-                                "remove it first")
+    partial = _start_partial(service, force)
     report = RestoreReport(bdir, service, None, verified=verify)
-    os.mkdir(partial, 0o700)
     try:
         entries = [e for e in doc["entries"] if e["path"].split("/")[0] != manifest.META_DIR]
         _build(bdir, entries, partial, service, jobs=jobs, fsync=fsync)
@@ -122,6 +116,21 @@ def _check_target(service: Path) -> None:
                             "create it first")
 
 
+def _start_partial(service: Path, force: bool) -> Path:
+    """Refuse a service in use (unless ``force``), then make ``SERVICEDIR.partial``."""
+    if not force:
+        _check_not_in_use(service)
+    partial = service.with_name(service.name + ".partial")
+    try:
+        os.mkdir(partial, 0o700)
+    except FileExistsError as err:
+        raise DestinationExists(partial, "exists (left by an interrupted restore?)",
+                                "remove it first") from err
+    except OSError as err:
+        raise convert_error(err, partial) from err
+    return partial
+
+
 def restore_stream(stream: IO[bytes], label: str, service_dir: str | os.PathLike[str], *,
                    force: bool = False, fsync: bool = True) -> RestoreReport:
     """Restore the backup stream ``stream`` (named ``label`` in messages) as
@@ -135,14 +144,8 @@ def restore_stream(stream: IO[bytes], label: str, service_dir: str | os.PathLike
     t0 = time.monotonic()
     service = Path(os.path.abspath(service_dir))
     _check_target(service)
-    if not force:
-        _check_not_in_use(service)
-    partial = service.with_name(service.name + ".partial")
-    if os.path.lexists(partial):
-        raise DestinationExists(partial, "exists (left by an interrupted restore?)",
-                                "remove it first")
+    partial = _start_partial(service, force)
     report = RestoreReport(Path(label), service, None, verified=True)
-    os.mkdir(partial, 0o700)
     try:
         doc = unstream.extract(stream, partial, label, fsync=fsync)
         vr = verify_mod.verify(partial, checksums=False, record=False)

@@ -38,7 +38,7 @@ from synfast.backup.pacing import set_ionice
 from synfast.backup.partials import Partial, find_partials
 from synfast.backup.stage import ProgressFn, Stage
 from synfast.copy.walk import Entry, Plan, inside, matches, walk_tree
-from synfast.errors import DestinationExists, SourceMissing, SynfastError, UsageError, convert_error
+from synfast.errors import DestinationExists, SourceMissing, UsageError, convert_error
 from synfast.files import durable
 from synfast.files.sparse import source_stat
 
@@ -154,10 +154,7 @@ def backup(source: str | os.PathLike[str], destination: str | os.PathLike[str],
     _sweep_partials(dst, partial, opts.clean_partial, report)
     if opts.ionice:
         set_ionice(opts.ionice)
-    failed = True
-    try:
-        if opts.pre_cmd:
-            hooks.run_hook(opts.pre_cmd, "pre")
+    with hooks.around(opts.pre_cmd, opts.post_cmd):
         the_plan, report.excluded = _walk(src, opts.exclude, opts.skip_dirs)
         try:
             os.mkdir(partial, 0o700)
@@ -171,14 +168,6 @@ def backup(source: str | os.PathLike[str], destination: str | os.PathLike[str],
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
             raise
-        failed = False
-    finally:
-        if opts.post_cmd:
-            try:
-                hooks.run_hook(opts.post_cmd, "post")
-            except SynfastError:
-                if not failed:
-                    raise
     report.seconds = time.monotonic() - t0
     return report
 

@@ -331,10 +331,7 @@ def backup_stream(source: str | os.PathLike[str], fd: int,
         set_ionice(opts.ionice)
     report = StreamReport(src, label)
     sink = Sink(fd, label)
-    failed = True
-    try:
-        if opts.pre_cmd:
-            hooks.run_hook(opts.pre_cmd, "pre")
+    with hooks.around(opts.pre_cmd, opts.post_cmd):
         the_plan, report.excluded = _walk(src, opts.exclude, opts.skip_dirs)
         writer = MemberWriter(sink, opts.checksum)
         s = _Streamer(the_plan, writer, opts, scratch_dir, label, progress)
@@ -355,14 +352,6 @@ def backup_stream(source: str | os.PathLike[str], fd: int,
         doc["stream"] = {"format": "pax", "changed_while_read": sorted(s.changed)}
         _finish(s.w, doc)
         report.manifest, report.changed = doc, sorted(s.changed)
-        failed = False
-    finally:
-        if opts.post_cmd:
-            try:
-                hooks.run_hook(opts.post_cmd, "post")
-            except SynfastError:
-                if not failed:
-                    raise
     report.bytes_streamed = sink.bytes
     report.seconds = time.monotonic() - t0
     return report

@@ -9,7 +9,6 @@ import json
 import os
 import pwd
 import shutil
-import socket
 import struct
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from pathlib import Path
 import lmdb
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import free_port, run_cli, wait_listening
 from tests.lmdb.test_pages import free_db_values, small_free_db_env
 
 pytestmark = pytest.mark.skipif(shutil.which("borg") is None, reason="borg is installed by "
@@ -212,14 +211,7 @@ def sshd(tmp_path: Path) -> Iterator[tuple[str, str]]:
     os.makedirs("/run/sshd", exist_ok=True)
     server = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(d / "sshd_config")],
                               stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            assert server.poll() is None and time.monotonic() < deadline, "sshd did not start"
-            time.sleep(0.05)
+    wait_listening(port, server, "sshd")
     rsh = (f"ssh -i {d / 'userkey'} -o StrictHostKeyChecking=no "
            "-o UserKnownHostsFile=/dev/null -o BatchMode=yes -o LogLevel=ERROR")
     user = pwd.getpwuid(os.getuid()).pw_name
@@ -228,12 +220,6 @@ def sshd(tmp_path: Path) -> Iterator[tuple[str, str]]:
     finally:
         server.terminate()
         server.wait(timeout=30)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_borg_over_ssh_to_borg_serve(sshd: tuple[str, str], tmp_path: Path,

@@ -7,16 +7,15 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.backup.test_borg import dumps, free_port, small_service
+from tests.backup.test_borg import dumps, small_service
+from tests.conftest import free_port, wait_listening
 
 pytestmark = pytest.mark.skipif(shutil.which("rclone") is None, reason="rclone is installed "
                                 "by make test's set-up (.ci/sysdeps.sh)")
@@ -33,16 +32,8 @@ def webdav(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     port = free_port()
     server = subprocess.Popen(["rclone", "serve", "webdav", str(served), "--addr",
                                f"127.0.0.1:{port}"], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            assert server.poll() is None, server.stderr.read() if server.stderr else ""
-            assert time.monotonic() < deadline, "rclone serve did not start"
-            time.sleep(0.05)
+                              stderr=subprocess.DEVNULL)
+    wait_listening(port, server, "rclone serve")
     try:
         yield f":webdav,url='http://127.0.0.1:{port}':", served
     finally:

@@ -17,6 +17,9 @@ class SynfastError(Exception):
     """A failure with a path and an optional hint on how to fix it."""
 
     exit_code = 1
+    #: The OS error number it was translated from (:func:`convert_error`), if any:
+    #: what a caller tests to word a full disk its own way.
+    errno: int | None = None
 
     def __init__(self, path: str | os.PathLike[str] | None, message: str, hint: str = "") -> None:
         self.path = os.fspath(path) if path is not None else None
@@ -126,11 +129,15 @@ def convert_error(err: BaseException, path: str | os.PathLike[str] | None = None
                        "fewer readers")
         # A positive code is an errno that LMDB passed through.
         hint = ((hints or {}).get(code) or _HINTS.get(code, "")) if code > 0 else ""
-        return cls(where, what, hint)
+        out = cls(where, what, hint)
+        out.errno = code if code > 0 else None
+        return out
     if not isinstance(err, OSError):
         return cls(path, str(err))
     where = path if path is not None else (err.filename or None)
     reason = err.strerror or str(err)
     number = err.errno or 0
     hint = (hints or {}).get(number) or _HINTS.get(number, "")
-    return cls(where, reason.lower() if reason[:1].isupper() else reason, hint)
+    out = cls(where, reason.lower() if reason[:1].isupper() else reason, hint)
+    out.errno = number or None
+    return out

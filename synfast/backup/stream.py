@@ -240,10 +240,11 @@ class _Streamer:
             try:
                 r = self.copier.copy(e.rel, e.env, out, out, mode=0o600)
             except SynfastError as err:
-                if isinstance(err.__cause__, OSError) and err.__cause__.errno == errno.ENOSPC:
-                    raise CopyFailed(self.scratch, f"has no room for a copy of {e.env.path}",
-                                     "give --scratch a directory with room for the largest "
-                                     "environment, or stream with --lmdb-engine pages") from err
+                if _no_space(err):
+                    raise CopyFailed(self.scratch, f"has no room for a copy of {e.env.path} "
+                                     "(--scratch)", "give --scratch a directory with room for "
+                                     "the largest environment, or stream with --lmdb-engine "
+                                     "pages") from err
                 raise
             counts = lmdbenv.walk(out, False, nolock=True, full=False)
             fd = os.open(out, os.O_RDONLY | os.O_CLOEXEC)
@@ -288,6 +289,11 @@ class _Streamer:
         if self.progress:
             self.progress("item", {"path": e.rel, "bytes": e.weight, "kind": e.kind,
                                    "written": written})
+
+
+def _no_space(err: SynfastError) -> bool:
+    """Whether ``err`` is a full disk (or an exhausted quota)."""
+    return err.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def _check_scratch(opts: BackupOptions, scratch: str | os.PathLike[str] | None) -> Path | None:

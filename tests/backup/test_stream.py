@@ -323,3 +323,25 @@ def test_restoring_a_stream_refuses_a_service_in_use(good: Path, svc: Path,
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_scratch_directory_too_small_is_one_clear_line(svc: Path, tmp_path: Path) -> None:
+    tiny = tmp_path / "tiny"
+    tiny.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(tiny)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    try:
+        proc = subprocess.run([*synfast_cmd(), "backup", str(svc), "-", "-q",
+                               "--lmdb-engine", "rebuild", "--scratch", str(tiny)],
+                              capture_output=True)
+        assert proc.returncode == 1
+        assert proc.stderr.decode().strip().splitlines() == [
+            f"synfast: error: {tiny}: has no room for a copy of "
+            f"{svc / 'layers' / 'abc123' / 'layer_v2.lmdb'} "
+            "(--scratch) (give --scratch a directory with room for the largest environment, "
+            "or stream with --lmdb-engine pages)"], proc.stderr
+        assert b".synfast/manifest.json" not in proc.stdout
+        assert list(tiny.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(tiny)], check=True)

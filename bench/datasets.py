@@ -164,17 +164,20 @@ def _lmdb_engines():
 
 def _lmdb_key_material(letter: str) -> str:
     le = _lmdb_engines()
-    return inspect.getsource(le.build_dataset) + repr(
+    return inspect.getsource(le.build_dataset) + inspect.getsource(le.map_size) + repr(
         (le.DATASETS[letter], le.MAP_SIZE, le.BATCH, le.SEED, le.DB_NAMES))
 
 
-def _cortex_env(path: Path, rng: random.Random, entries: int) -> None:
+def _cortex_env(path: Path, rng: random.Random, entries: int, scale: float) -> None:
     """A small environment as a Cortex opens them (writemap, so the data file is
-    as large as the map and sparse): two named databases of modest values."""
+    as large as the map and sparse): two named databases of modest values.  The
+    map scales with the data (at least 64 MiB), so that a quick run's hole
+    readers do not read 1 GiB per environment."""
     import lmdb
 
     path.mkdir(parents=True)
-    env = lmdb.open(os.fspath(path), map_size=CORTEX_MAP, writemap=True, max_dbs=4)
+    env = lmdb.open(os.fspath(path), map_size=max(64 << 20, int(CORTEX_MAP * scale) >> 20 << 20),
+                    writemap=True, max_dbs=4)
     try:
         dbs = [env.open_db(b"meta"), env.open_db(b"items")]
         with env.begin(write=True) as txn:
@@ -209,7 +212,7 @@ def build_service(dest: Path, scale: float, deps: dict[str, Dataset]) -> dict:
             shutil.copy2(ds.path / "lock.mdb", layer / "lock.mdb")
     entries = max(10, round(CORTEX_ENTRIES * scale))
     for name in CORTEX_ENVS:
-        _cortex_env(dest / "slabs" / f"{name}.lmdb", rng, entries)
+        _cortex_env(dest / "slabs" / f"{name}.lmdb", rng, entries, scale)
     _link_or_copy(deps["sparse"].path, dest / "axon" / "blobs" / "disk.img")
     small = deps["small-files"].path
     subdirs = sorted(p.name for p in small.iterdir())

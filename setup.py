@@ -1,11 +1,14 @@
-"""Build the synfast Cython extensions against the system's LMDB C library.
+"""Build the synfast Cython extensions against the system's LMDB and xxHash libraries.
 
-LMDB is found with pkg-config (module name ``lmdb``) and is never vendored: the
-library that the service itself links against is the one whose file format and
-locking we must match.  When it is missing the build stops with one line that
-says what to install, instead of a compiler error about ``lmdb.h``.
+Both are found with pkg-config (modules ``lmdb`` and ``libxxhash``) and never
+vendored: the LMDB that the service itself links against is the one whose file
+format and locking we must match, and the checksum comes from the
+distribution's xxHash.  When one is missing the build stops with one line that
+says what to install, instead of a compiler error about a header.
 """
 
+import os
+import platform
 import shlex
 import shutil
 import subprocess
@@ -21,28 +24,48 @@ MISSING_LMDB = (
 )
 
 
-def pkg_config(*args: str) -> list[str]:
-    """Return pkg-config's answer for lmdb as compiler/linker words, or stop the build."""
+MISSING_XXHASH = (
+    "synfast: the xxHash library was not found by pkg-config (module 'libxxhash'); install "
+    "it: Debian/Ubuntu: apt-get install libxxhash-dev | Fedora/RHEL: dnf install xxhash-devel "
+    "| Alpine: apk add xxhash-dev | macOS: brew install xxhash"
+)
+
+
+def pkg_config(*args: str, module: str = "lmdb", missing: str = MISSING_LMDB) -> list[str]:
+    """Return pkg-config's answer for ``module`` as compiler/linker words, or stop the build."""
     exe = shutil.which("pkg-config") or shutil.which("pkgconf")
     if exe is None:
-        sys.exit(MISSING_LMDB)
-    proc = subprocess.run([exe, *args, "lmdb"], capture_output=True, text=True)
+        sys.exit(missing)
+    proc = subprocess.run([exe, *args, module], capture_output=True, text=True)
     if proc.returncode != 0:
-        sys.exit(MISSING_LMDB)
+        sys.exit(missing)
     return shlex.split(proc.stdout)
+
+
+def xxhash_dispatch(cflags: list[str]) -> list[tuple[str, str]]:
+    """Use libxxhash's x86 dispatch (AVX2 picked at run time) where its header is there."""
+    if platform.machine() not in ("x86_64", "AMD64"):
+        return []
+    dirs = [f[2:] for f in cflags if f.startswith("-I")] + ["/usr/include", "/usr/local/include"]
+    if any(os.path.exists(os.path.join(d, "xxh_x86dispatch.h")) for d in dirs):
+        return [("SYNFAST_XXH_DISPATCH", "1")]
+    return []
 
 
 def extensions() -> list[Extension]:
     pkg_config("--exists")
     cflags = pkg_config("--cflags")
     libs = pkg_config("--libs")
+    pkg_config("--exists", module="libxxhash", missing=MISSING_XXHASH)
+    xxh_cflags = pkg_config("--cflags", module="libxxhash", missing=MISSING_XXHASH)
+    xxh_libs = pkg_config("--libs", module="libxxhash", missing=MISSING_XXHASH)
 
     from Cython.Build import cythonize
 
     common = dict(
         define_macros=[("_GNU_SOURCE", "1"), ("_FILE_OFFSET_BITS", "64")],
         extra_compile_args=["-O2", "-Wall", *cflags],
-        include_dirs=["ext/includes", "ext/backup"],
+        include_dirs=["ext/includes"],
     )
     # Each extension lives beside the one package that imports it, and its
     # source under ext/ in a folder of the same name.
@@ -53,7 +76,10 @@ def extensions() -> list[Extension]:
         Extension("synfast.lmdb._rebuild", ["ext/lmdb/_rebuild.pyx"], extra_link_args=libs,
                   **common),
         Extension("synfast.backup._hash", ["ext/backup/_hash.pyx"],
-                  depends=["ext/backup/blake2b4.h"], **common),
+                  depends=["ext/includes/xxh_shim.h"], extra_link_args=xxh_libs,
+                  define_macros=[*common["define_macros"], *xxhash_dispatch(xxh_cflags)],
+                  extra_compile_args=[*common["extra_compile_args"], *xxh_cflags],
+                  include_dirs=common["include_dirs"]),
     ]
     # ext/includes: C declarations, one .pxd per C header (cimported);
     # ext/common: code that extensions of several packages share (.pxi, included).

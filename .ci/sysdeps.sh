@@ -6,6 +6,7 @@ set -euo pipefail
 
 missing=()
 pkg-config --exists lmdb 2>/dev/null || missing+=(liblmdb-dev pkg-config)
+pkg-config --exists libxxhash 2>/dev/null || missing+=(libxxhash-dev)
 command -v mdb_dump >/dev/null || missing+=(lmdb-utils)
 command -v mkfs.xfs >/dev/null || missing+=(xfsprogs)
 command -v openssl >/dev/null || missing+=(openssl)
@@ -33,7 +34,7 @@ if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
 fi
 echo "synfast needs these system packages: ${missing[*]}" >&2
 echo "  Debian/Ubuntu: sudo apt-get install ${missing[*]}" >&2
-echo "  Fedora/RHEL:   sudo dnf install lmdb-devel lmdb pkgconf-pkg-config xfsprogs openssl rsync gcc borgbackup rclone bsdtar" >&2
-echo "  Alpine:        apk add lmdb-dev lmdb-tools pkgconf xfsprogs openssl rsync build-base borgbackup rclone libarchive-tools" >&2
-echo "  macOS:         brew install lmdb pkg-config openssl rsync borgbackup rclone libarchive" >&2
+echo "  Fedora/RHEL:   sudo dnf install lmdb-devel lmdb xxhash-devel pkgconf-pkg-config xfsprogs openssl rsync gcc borgbackup rclone bsdtar" >&2
+echo "  Alpine:        apk add lmdb-dev lmdb-tools xxhash-dev pkgconf xfsprogs openssl rsync build-base borgbackup rclone libarchive-tools" >&2
+echo "  macOS:         brew install lmdb xxhash pkg-config openssl rsync borgbackup rclone libarchive" >&2
 exit 1

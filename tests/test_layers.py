@@ -108,8 +108,6 @@ def test_each_extension_module_has_one_importer() -> None:
 def test_no_module_over_500_lines() -> None:
     sources = [*PACKAGE.rglob("*.py"), *ROOT.glob("ext/*/*.pyx"), *ROOT.glob("ext/*/*.pxi"),
                *ROOT.glob("ext/*/*.pxd")]
-    # The hash kernel and its driver are replaced by a library's (the checksum issue).
-    exempt = {"blake2b4.h", "_hash.pyx"}
-    long = {str(p.relative_to(ROOT)): n for p in sources if p.name not in exempt
-            and (n := len(p.read_text().splitlines())) > 500}
+    long = {str(p.relative_to(ROOT)): n for p in sources
+            if (n := len(p.read_text().splitlines())) > 500}
     assert long == {}

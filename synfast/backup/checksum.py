@@ -1,27 +1,31 @@
 """The canonical checksum of a file's content, whatever its holes.
 
-Checksums (``blake2b-256-sparse-v2``) are BLAKE2b (32-byte digest) over a
-canonical form of a file's content that does not depend on where its holes
-are, so a sparse source, a dense copy and a copy with zero blocks punched out
-all agree, and a 16 GiB sparse file is hashed by reading only its data:
+A checksum is a hash over a canonical form of a file's content that does not
+depend on where its holes are, so a sparse source, a dense copy and a copy
+with zero blocks punched out all agree, and a 16 GiB sparse file is hashed by
+reading only its data:
 
 - the file is cut into aligned segments of :data:`SEGMENT` bytes (64 MiB; the
   last may be shorter), and each segment into aligned blocks of :data:`BLOCK`
   bytes (64 KiB; the last may be shorter);
 - a block that lies wholly in a hole, or whose bytes are all zero, is a *zero
   block*; it is never fed to the hash by content;
-- a segment's digest is BLAKE2b-256 of: for every maximal run of zero blocks
+- a segment's digest is the hash of: for every maximal run of zero blocks
   ``b"Z" + <run length in bytes, u64 LE>``, for every other block
   ``b"D" + <its bytes>``, in order, then ``b"E" + <segment length, u64 LE>``;
-- the file's checksum is BLAKE2b-256 of ``b"S" + <segment digest>`` for every
+- the file's checksum is the hash of ``b"S" + <segment digest>`` for every
   segment in order, then ``b"E" + <file size, u64 LE>``.
 
-Only blocks that touch a data extent (SEEK_DATA/SEEK_HOLE) are read.  Segments
-are hashed natively, four at a time per thread and on every core (see
-:func:`checksum_fd`).
+The manifest names the hash (:data:`ALGORITHMS`): ``xxh3-128-sparse-v3``, the
+default (XXH3-128 from the system's libxxhash, about 20 GB/s per core here:
+it finds damage, not tampering), ``sha256-sparse-v3`` (SHA-256 from OpenSSL
+through hashlib, for manifests that are signed or published) and
+``blake2b-256-sparse-v2`` (what earlier versions wrote; still verified).
 
-The definition is in docs/reference/manifest.md.  This module is the only
-importer of the extension :mod:`synfast.backup._hash`.
+Only blocks that touch a data extent (SEEK_DATA/SEEK_HOLE) are read.  Segments
+are hashed on every core, natively for XXH3 (:mod:`synfast.backup._hash`, the
+only importer of which is this module) and through hashlib (which releases the
+GIL) for the others.  The definition is in docs/reference/manifest.md.
 """
 
 from __future__ import annotations
@@ -29,14 +33,37 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
+from collections.abc import Callable
 from typing import Any
 
 from synfast import workers
 from synfast.files.sparse import extents
 
-CHECKSUM_ALGORITHM = "blake2b-256-sparse-v2"
+XXH3 = "xxh3-128-sparse-v3"
+SHA256 = "sha256-sparse-v3"
+BLAKE2B_V2 = "blake2b-256-sparse-v2"
+
+
+def _xxh3() -> Any:
+    from synfast.backup import _hash
+
+    return _hash.XXH3()
+
+
+#: Every checksum algorithm, by the name the manifest records, and its hash.
+ALGORITHMS: dict[str, Callable[[], Any]] = {
+    XXH3: _xxh3,
+    SHA256: hashlib.sha256,
+    BLAKE2B_V2: lambda: hashlib.blake2b(digest_size=32),
+}
+#: What ``--checksum`` offers by short name (blake2b stays readable, not offered).
+CHOICES = {"xxh3": XXH3, "sha256": SHA256}
+#: The default: the fastest that finds damage.
+CHECKSUM_ALGORITHM = XXH3
 BLOCK = 1 << 16
 SEGMENT = 1 << 26
+#: Bytes read per call by the hashlib path.
+READ = 1 << 20
 
 _U64 = struct.Struct("<Q")
 
@@ -64,40 +91,64 @@ def segments_of(fd: int, size: int) -> list[tuple[int, int, list[tuple[int, int]
             for seg in range(max(1, -(-size // SEGMENT)))]
 
 
-def checksum_fd(fd: int) -> str:
-    """Canonical BLAKE2b of the open regular file ``fd`` (see the module docstring).
+def checksum_fd(fd: int, algorithm: str = CHECKSUM_ALGORITHM) -> str:
+    """The canonical checksum of the open regular file ``fd`` with ``algorithm``
+    (see the module docstring).
 
-    Segment digests come from :mod:`synfast.backup._hash`, which hashes four segments
-    at once per thread (AVX2 where the CPU has it); the segments are dealt out
-    round-robin to the pool's threads when there are more than four with data.
+    Segments are dealt out round-robin to one thread per core: XXH3's are
+    hashed by :mod:`synfast.backup._hash` without the GIL, the others read
+    here and fed to hashlib (which releases the GIL on large updates).
     """
-    from synfast.backup import _hash
-
+    new = ALGORITHMS[algorithm]
     size = os.fstat(fd).st_size
     segments = segments_of(fd, size)
     with_data = sum(1 for s in segments if s[2])
-    threads = min(os.cpu_count() or 1, -(-with_data // 4))
+    threads = min(os.cpu_count() or 1, max(1, with_data))
+    if algorithm == XXH3:
+        from synfast.backup import _hash
+
+        def part(segs: list) -> list[bytes]:
+            return _hash.segment_digests(fd, segs)
+    else:
+        def part(segs: list) -> list[bytes]:
+            return [_read_segment(fd, seg, new) for seg in segs]
     if threads <= 1:
-        digests = _hash.segment_digests(fd, segments)
+        digests = part(segments)
     else:
         parts = [segments[i::threads] for i in range(threads)]
         pool = workers.shared_executor()
-        futures = [pool.submit(_hash.segment_digests, fd, part) for part in parts]
+        futures = [pool.submit(part, p) for p in parts]
         digests = [b""] * len(segments)
         for i, f in enumerate(futures):
             digests[i::threads] = f.result()
-    h = hashlib.blake2b(digest_size=32)
+    h = new()
     for d in digests:
         h.update(b"S" + d)
     h.update(b"E" + _U64.pack(size))
     return h.hexdigest()
 
 
-def checksum_file(path: str | os.PathLike[str]) -> str:
-    """Canonical BLAKE2b of the regular file at ``path`` (not followed if a symlink)."""
+def _read_segment(fd: int, seg: tuple[int, int, list[tuple[int, int]]],
+                  new: Callable[[], Any]) -> bytes:
+    """One segment's digest with a hashlib hash: its data ranges read here."""
+    start, end, ranges = seg
+    s = _Segment(start, end, new)
+    for first, last in ranges:
+        off = first
+        while off < last:
+            data = os.pread(fd, min(READ, last - off), off)
+            if not data:
+                raise OSError(5, "file shrank while being checksummed")
+            s.data(off, memoryview(data))
+            off += len(data)
+    return s.finish()
+
+
+def checksum_file(path: str | os.PathLike[str], algorithm: str = CHECKSUM_ALGORITHM) -> str:
+    """The canonical checksum of the regular file at ``path`` (not followed if a symlink)."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     try:
-        return checksum_fd(fd)
+        return checksum_fd(fd, algorithm)
     finally:
         os.close(fd)
 
@@ -108,11 +159,11 @@ class _Segment:
 
     _ZERO = bytes(BLOCK)
 
-    def __init__(self, start: int, end: int) -> None:
+    def __init__(self, start: int, end: int, new: Callable[[], Any]) -> None:
         self.start, self.pos, self.end = start, start, end
         self.block = bytearray()        # the current block's bytes, when partial
         self.zrun = 0                   # zero bytes not yet fed to the hash
-        self.h = hashlib.blake2b(digest_size=32)
+        self.h = new()
 
     def data(self, offset: int, mv: memoryview) -> None:
         self._zeros(offset - self.pos)
@@ -184,8 +235,9 @@ class StreamChecksum:
     chosen by the index) :meth:`data` hashes on other threads and returns the
     futures; the bytes given must stay unchanged until they are done."""
 
-    def __init__(self, run: Any = None) -> None:
+    def __init__(self, run: Any = None, algorithm: str = CHECKSUM_ALGORITHM) -> None:
         self.run = run
+        self.new = ALGORITHMS[algorithm]
         self.segments: dict[int, _Segment] = {}
         self.pos = 0
 
@@ -200,7 +252,8 @@ class StreamChecksum:
             take = min(len(mv), (index + 1) * SEGMENT - offset)
             seg = self.segments.get(index)
             if seg is None:
-                seg = self.segments[index] = _Segment(index * SEGMENT, (index + 1) * SEGMENT)
+                seg = self.segments[index] = _Segment(index * SEGMENT, (index + 1) * SEGMENT,
+                                                      self.new)
             if self.run is None:
                 seg.data(offset, mv[:take])
             else:
@@ -215,9 +268,9 @@ class StreamChecksum:
         every future :meth:`data` returned must be done."""
         if size < self.pos:
             raise ValueError("stream checksum given more bytes than the file's size")
-        whole = hashlib.blake2b(digest_size=32)
+        whole = self.new()
         for index in range(max(1, -(-size // SEGMENT))):
-            seg = self.segments.get(index) or _Segment(index * SEGMENT, 0)
+            seg = self.segments.get(index) or _Segment(index * SEGMENT, 0, self.new)
             seg.end = min(size, (index + 1) * SEGMENT)
             whole.update(b"S" + seg.finish())
         whole.update(b"E" + _U64.pack(size))

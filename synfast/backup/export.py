@@ -35,7 +35,8 @@ def export_stream(backup: str | os.PathLike[str], fd: int, *, label: str = "-",
     doc = manifest.read(b)
     report = StreamReport(b, label, manifest=doc)
     sink = Sink(fd, label)
-    w = MemberWriter(sink, doc.get("checksum") == cks.CHECKSUM_ALGORITHM)
+    algorithm = doc.get("checksum")
+    w = MemberWriter(sink, algorithm if algorithm in cks.ALGORITHMS else None)
     try:
         entries = [e for e in doc["entries"]
                    if e["path"].split("/")[0] != manifest.META_DIR]

@@ -85,7 +85,7 @@ def document(*, source: Path, destination: str, started: float, opts: Any,
         "finished": iso(finished),
         "seconds": round(finished - started, 6),
         "options": opts.as_manifest(),
-        "checksum": cks.CHECKSUM_ALGORITHM if opts.checksum else None,
+        "checksum": opts.algorithm,
         "checksum_block": cks.BLOCK,
         "checksum_segment": cks.SEGMENT,
         "snapshots": {

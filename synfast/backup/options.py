@@ -37,6 +37,8 @@ class BackupOptions:
     ``pre_cmd``/``post_cmd``: shell commands run first and last (``post_cmd``
     even when the backup fails).  ``reflink``: share blocks with the source
     where the filesystem can (``auto``, ``never``, ``always``).
+    ``checksum_algorithm``: ``xxh3`` (damage) or ``sha256`` (for manifests
+    that are signed or published).
     """
 
     lmdb_engine: str = "auto"
@@ -52,10 +54,16 @@ class BackupOptions:
     pre_cmd: str | None = None
     post_cmd: str | None = None
     reflink: str = "auto"
+    checksum_algorithm: str = "xxh3"
 
     def check(self) -> BackupOptions:
         """Refuse values that cannot work (exit code 2); return self."""
         check_engine(self.lmdb_engine)
+        from synfast.backup.checksum import CHOICES
+
+        if self.checksum_algorithm not in CHOICES:
+            raise UsageError(None, f"--checksum takes {' or '.join(CHOICES)}, not "
+                             f"{self.checksum_algorithm!r}")
         if self.ionice is not None and self.ionice not in IONICE:
             raise UsageError(None, f"--ionice takes idle or low, not {self.ionice!r}")
         if self.bwlimit is not None and not (math.isfinite(self.bwlimit) and self.bwlimit > 0):
@@ -75,4 +83,12 @@ class BackupOptions:
             "include_tmp": self.include_tmp, "fsync": self.fsync, "checksum": self.checksum,
             "bwlimit_mb_s": self.bwlimit, "ionice": self.ionice, "drop_cache": self.drop_cache,
             "pre_cmd": self.pre_cmd, "post_cmd": self.post_cmd, "reflink": self.reflink,
+            "checksum_algorithm": self.checksum_algorithm,
         }
+
+    @property
+    def algorithm(self) -> str | None:
+        """The manifest's name of the checksum, or None without checksums."""
+        from synfast.backup.checksum import CHOICES
+
+        return CHOICES[self.checksum_algorithm] if self.checksum else None

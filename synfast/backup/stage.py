@@ -201,7 +201,7 @@ class Stage:
                 durable.start_writeback(fd)
             ost = os.fstat(fd)
             c0 = time.monotonic()
-            digest = cks.checksum_fd(fd) if self.opts.checksum else None
+            digest = cks.checksum_fd(fd, self.opts.algorithm) if self.opts.algorithm else None
             c1 = time.monotonic()
             if self.opts.fsync:
                 os.fsync(fd)

@@ -339,7 +339,7 @@ def backup_stream(source: str | os.PathLike[str], fd: int,
     sink = Sink(fd, label)
     with hooks.around(opts.pre_cmd, opts.post_cmd):
         the_plan, report.excluded = _walk(src, opts.exclude, opts.skip_dirs)
-        writer = MemberWriter(sink, opts.checksum)
+        writer = MemberWriter(sink, opts.algorithm)
         s = _Streamer(the_plan, writer, opts, scratch_dir, label, progress)
         try:
             s.begin(the_plan.of_kind("env"))

@@ -61,8 +61,8 @@ class MemberWriter:
 
     BUFFERS = 6
 
-    def __init__(self, sink: Sink, checksum: bool) -> None:
-        self.sink, self.checksum = sink, checksum
+    def __init__(self, sink: Sink, algorithm: str | None) -> None:
+        self.sink, self.algorithm = sink, algorithm
         self.bufs = [memoryview(bytearray(CHUNK)) for _ in range(self.BUFFERS)]
         self.pending: list[list[Any]] = [[] for _ in range(self.BUFFERS)]
         self.pools: list[Any] = []
@@ -109,13 +109,13 @@ class MemberWriter:
                                   mtime_ns=st.st_mtime_ns, size=data,
                                   sparse_map=None if dense else runs, realsize=size))
         hasher = None
-        if self.checksum:
+        if self.algorithm:
             if data > CHUNK and not self.pools:
                 # one core reads and writes, the others hash (measured on 2
                 # cores: a second hashing thread slowed the stream by 10%)
                 self.pools = [workers.executor(1, f"synfast-hash{i}")
                               for i in range(max(1, (os.cpu_count() or 1) - 1))]
-            hasher = cks.StreamChecksum(self._run if data > CHUNK else None)
+            hasher = cks.StreamChecksum(self._run if data > CHUNK else None, self.algorithm)
         short = False
         k = 0
         try:

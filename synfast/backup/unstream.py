@@ -164,7 +164,7 @@ def extract(stream: IO[bytes], into: Path, label: str, *, fsync: bool = True) ->
         if doc is None:
             raise _reject(label, "ended without its manifest (cut short, or not a synfast "
                           "backup stream)")
-        _compare(doc, seen, label)
+        _compare(doc, seen, label, into)
         _apply_metadata(doc, into, fsync)
         meta = into / manifest.META_DIR
         meta.mkdir(mode=0o755, exist_ok=True)
@@ -231,13 +231,21 @@ def _member(tar: tarfile.TarFile, m: tarfile.TarInfo, rel: str, dest: _Dest, lab
         os.close(pfd)
 
 
-def _compare(doc: dict, seen: dict[str, dict[str, Any]], label: str) -> None:
-    """Every member listed, every listed entry present and as the manifest says."""
+def _compare(doc: dict, seen: dict[str, dict[str, Any]], label: str, into: Path) -> None:
+    """Every member listed, every listed entry present and as the manifest says.
+
+    Checksums were computed with the default algorithm as the data arrived (the
+    manifest, which names the algorithm, comes last); a stream whose manifest
+    names another is checked again from the extracted files."""
     listed = {e["path"]: e for e in doc["entries"] if e["path"]}
     for rel in seen:
         if rel not in listed:
             raise _reject(label, f"member {rel!r} is not in the manifest")
-    with_checksums = doc.get("checksum") == cks.CHECKSUM_ALGORITHM
+    algorithm = doc.get("checksum")
+    if algorithm is not None and algorithm not in cks.ALGORITHMS:
+        raise _reject(label, f"its manifest names the checksum {algorithm!r}, which this "
+                      "synfast does not know")
+    with_checksums = algorithm is not None
     for rel, e in listed.items():
         got = seen.get(rel)
         if got is None:
@@ -252,6 +260,8 @@ def _compare(doc: dict, seen: dict[str, dict[str, Any]], label: str) -> None:
             if got["size"] != e["size"]:
                 raise _reject(label, f"member {rel!r} has {got['size']} bytes, the manifest "
                               f"says {e['size']}")
+            if with_checksums and algorithm != cks.CHECKSUM_ALGORITHM:
+                got["checksum"] = cks.checksum_file(into / rel, algorithm)
             if with_checksums and got["checksum"] != e.get("checksum"):
                 raise _reject(label, f"member {rel!r} differs from the manifest (checksum "
                               "mismatch)")

@@ -3,9 +3,10 @@
 The manifest must be there and complete; every directory, file, symlink and
 environment data file must exist with its type, size, mode (and for symlinks
 target) and, when the backup was made with checksums, the same canonical
-BLAKE2b (see :mod:`synfast.backup.manifest`); nothing may be there that the manifest
-does not list; and every environment must open read-only and survive a full
-walk of every database with the entry counts of the manifest.
+checksum, with the algorithm the manifest names (:mod:`synfast.backup.checksum`);
+nothing may be there that the manifest does not list; and every environment
+must open read-only and survive a full walk of every database with the entry
+counts of the manifest.
 
 An environment is opened with MDB_NOLOCK (it is our private copy: no lock file
 is created inside the backup), and only when its data file matched the
@@ -87,8 +88,14 @@ def verify(backup: str | os.PathLike[str], *, checksums: bool = True,
                                        + (f" ({err.hint})" if err.hint else "")))
         report.seconds = time.monotonic() - t0
         return report
-    use_checksums = checksums and doc.get("checksum") == cks.CHECKSUM_ALGORITHM
+    algorithm = doc.get("checksum")
+    use_checksums = checksums and algorithm in cks.ALGORITHMS
     check = _Checker(b, report)
+    if checksums and algorithm is not None and algorithm not in cks.ALGORITHMS:
+        check.problem(manifest.META_DIR + "/" + manifest.MANIFEST,
+                      f"names the checksum {algorithm!r}, which this synfast does not know "
+                      "(contents not checked; use a newer synfast)")
+    check.algorithm = algorithm if use_checksums else None
     check.entries(doc["entries"], use_checksums)
     check.checksums(workers.default_workers(jobs))
     check.environments(doc["environments"])
@@ -112,6 +119,7 @@ class _Checker:
         self.bad_data: set[str] = set()
         self.to_hash: list[dict] = []
         self.env_files: set[str] = set()
+        self.algorithm: str | None = None
 
     def problem(self, rel: str, message: str) -> None:
         self.report.problems.append(Problem(str(self.b / rel) if rel else str(self.b), message))
@@ -157,7 +165,7 @@ class _Checker:
         """Every file whose size matched has the manifest's checksum (largest first)."""
         def digest(e: dict) -> tuple[dict, str | None, str]:
             try:
-                return e, cks.checksum_file(self.b / e["path"]), ""
+                return e, cks.checksum_file(self.b / e["path"], self.algorithm), ""
             except OSError as err:
                 return e, None, err.strerror or str(err)
 

@@ -31,7 +31,11 @@ def backup_command(
     no_fsync: bool = typer.Option(False, "--no-fsync", help="Do not fsync files and "
                                   "directories (faster, not durable)."),
     no_checksum: bool = typer.Option(False, "--no-checksum",
-                                     help="Do not record BLAKE2b checksums in the manifest."),
+                                     help="Do not record checksums in the manifest."),
+    checksum_name: str = typer.Option(
+        "xxh3", "--checksum", metavar="NAME",
+        help="The checksum: xxh3 (XXH3-128, finds damage; the default) or sha256 "
+        "(cryptographic, for manifests that are signed or published)."),
     bwlimit: float = typer.Option(None, "--bwlimit", metavar="MB/S", min=0.001,
                                   help="Limit the copy rate (10^6 bytes per second)."),
     ionice: str = typer.Option(None, "--ionice", metavar="CLASS",
@@ -77,6 +81,7 @@ def backup_command(
         options = BackupOptions(
             lmdb_engine=lmdb_engine, jobs=jobs or None, exclude=tuple(exclude),
             include_tmp=include_tmp, fsync=not no_fsync, checksum=not no_checksum,
+            checksum_algorithm=checksum_name,
             bwlimit=bwlimit, ionice=ionice, drop_cache=not no_drop_cache,
             clean_partial=clean_partial, pre_cmd=pre_cmd, post_cmd=post_cmd)
         if dst == "-":

@@ -1,12 +1,14 @@
-"""The native checksum (synfast.backup._hash) against hashlib and against a plain
-Python statement of the canonical form (blake2b-256-sparse-v2), so manifests
-written by earlier versions keep verifying."""
+"""Every checksum algorithm against an independent, plain Python statement of the
+canonical form (the library's hash fed the canonical stream built here), the
+native XXH3 segments included, so that manifests written by earlier versions
+keep verifying and damage is found with each."""
 
 from __future__ import annotations
 
 import hashlib
 import os
 import struct
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -21,10 +23,17 @@ BLOCK = cks.BLOCK
 U64 = struct.Struct("<Q")
 
 
-def reference_segment(data: bytes, start: int, end: int) -> bytes:
-    """The canonical stream of data[start:end], hashed with hashlib: blocks
-    aligned to BLOCK, zero blocks folded into runs."""
-    h = hashlib.blake2b(digest_size=32)
+HASHES = {
+    cks.XXH3: lambda: _hash.XXH3(),
+    cks.SHA256: hashlib.sha256,
+    cks.BLAKE2B_V2: lambda: hashlib.blake2b(digest_size=32),
+}
+
+
+def reference_segment(data: bytes, start: int, end: int, algorithm: str = cks.XXH3) -> bytes:
+    """The canonical stream of data[start:end], hashed with the algorithm's
+    library: blocks aligned to BLOCK, zero blocks folded into runs."""
+    h = HASHES[algorithm]()
     zero_run = 0
     for b0 in range(start, end, BLOCK):
         block = data[b0:min(end, b0 + BLOCK)]
@@ -41,32 +50,41 @@ def reference_segment(data: bytes, start: int, end: int) -> bytes:
     return h.digest()
 
 
-def reference_file(path: Path) -> str:
+def reference_file(path: Path, algorithm: str = cks.XXH3) -> str:
     data = path.read_bytes()
-    h = hashlib.blake2b(digest_size=32)
+    h = HASHES[algorithm]()
     for s0 in range(0, max(1, len(data)), cks.SEGMENT):
-        h.update(b"S" + reference_segment(data, s0, min(len(data), s0 + cks.SEGMENT)))
+        h.update(b"S" + reference_segment(data, s0, min(len(data), s0 + cks.SEGMENT),
+                                          algorithm))
     h.update(b"E" + U64.pack(len(data)))
     return h.hexdigest()
 
 
-@given(st.binary(max_size=1200) | st.integers(0, 5000).map(os.urandom))
-def test_own_blake2b_equals_hashlib(data: bytes) -> None:
-    assert _hash.blake2b_256(data) == hashlib.blake2b(data, digest_size=32).digest()
+def test_the_xxh3_is_the_librarys() -> None:
+    """Known XXH3-128 values (xxHash's own test vectors, canonical big-endian)."""
+    h = _hash.XXH3()
+    assert h.hexdigest() == "99aa06d3014798d86001c324468d497f"   # the empty input
+    h.update(b"abc")
+    assert h.hexdigest() == "06b05ab6733a618578af5f94892f3950"
+    big = os.urandom(3 << 20)
+    one, parts = _hash.XXH3(), _hash.XXH3()
+    one.update(big)
+    for i in range(0, len(big), 1000):
+        parts.update(memoryview(big)[i:i + 1000])
+    assert one.digest() == parts.digest()
 
 
 # A file as pieces of data (random or zero) at block-ish offsets, cut into
-# small segments so that one call runs many segments through the four lanes.
+# small segments so that one call runs many segments.
 pieces = st.lists(st.tuples(st.integers(0, 40), st.integers(1, 3 * BLOCK), st.booleans()),
                   max_size=12)
 
 
 @settings(max_examples=40, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(pieces=pieces, tail=st.integers(0, 3 * BLOCK), seg_blocks=st.sampled_from([1, 2, 3, 5]),
-       mode=st.sampled_from([_hash.FOUR_LANES, _hash.FOUR_LANES_PORTABLE, _hash.ONE_LANE]))
+@given(pieces=pieces, tail=st.integers(0, 3 * BLOCK), seg_blocks=st.sampled_from([1, 2, 3, 5]))
 def test_segment_digests_equal_the_definition(tmp_path: Path, pieces, tail: int,
-                                              seg_blocks: int, mode: int) -> None:
+                                              seg_blocks: int) -> None:
     path = tmp_path / "f"
     if path.exists():
         path.unlink()
@@ -94,45 +112,55 @@ def test_segment_digests_equal_the_definition(tmp_path: Path, pieces, tail: int,
                     else:
                         ranges.append((first, end))
             segments.append((s0, s1, ranges))
-        got = _hash.segment_digests(fd, segments, mode)
+        got = _hash.segment_digests(fd, segments)
     finally:
         os.close(fd)
     assert got == [reference_segment(data, s0, s1) for s0, s1, _ in segments]
 
 
-@pytest.mark.parametrize("mode", [_hash.FOUR_LANES, _hash.FOUR_LANES_PORTABLE])
-@pytest.mark.parametrize("nseg", [2, 3, 6, 7])
-def test_two_or_three_busy_lanes_use_the_four_lane_kernel(tmp_path: Path, nseg: int,
-                                                          mode: int) -> None:
-    # Segments of different lengths, so that lanes run out at different times
-    # and the last round has two or three lanes busy and the rest idle.
-    sizes = [(2 + i % 3) * BLOCK + 1000 * i for i in range(nseg)]
-    data = os.urandom(sum(sizes))
-    path = tmp_path / "f"
-    path.write_bytes(data)
-    segments, start = [], 0
-    for n in sizes:
-        segments.append((start, start + n, [(start, start + n)]))
-        start += n
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        got = _hash.segment_digests(fd, segments, mode)
-    finally:
-        os.close(fd)
-    assert got == [reference_segment(data, s0, s1) for s0, s1, _ in segments]
-
-
-def test_checksum_file_keeps_the_v2_format(tmp_path: Path) -> None:
+@pytest.mark.parametrize("algorithm", list(cks.ALGORITHMS))
+def test_checksum_file_equals_the_definition(tmp_path: Path, algorithm: str) -> None:
+    """Sparse, dense, punched and empty files; segment boundaries and a short tail;
+    each algorithm (blake2b-256-sparse-v2 is the format earlier versions wrote)."""
     # three 64 MiB segments: data, zero blocks written as data, a hole, a short tail
     path = tmp_path / "f"
     size = (128 << 20) + 12345
     write_layout(path, size, [(5, os.urandom(300_000)), (70 << 20, bytes(3 * BLOCK)),
                               ((70 << 20) + 3 * BLOCK, os.urandom(BLOCK + 1)),
-                              (size - 100, os.urandom(100))])
-    assert cks.checksum_file(path) == reference_file(path)
+                              (size - 100, os.urandom(100)),
+                              ((64 << 20) - 1000, os.urandom(2000))])
+    want = reference_file(path, algorithm)
+    assert cks.checksum_file(path, algorithm) == want
+    # the same content dense, and with its zero blocks punched out: the same checksum
+    dense = tmp_path / "dense"
+    dense.write_bytes(path.read_bytes())
+    assert cks.checksum_file(dense, algorithm) == want
+    punched = tmp_path / "punched"
+    subprocess.run(["cp", "--sparse=always", str(dense), str(punched)], check=True)
+    assert punched.stat().st_blocks < dense.stat().st_blocks
+    assert cks.checksum_file(punched, algorithm) == want
     empty = tmp_path / "empty"
     empty.touch()
-    assert cks.checksum_file(empty) == reference_file(empty)
+    assert cks.checksum_file(empty, algorithm) == reference_file(empty, algorithm)
+
+
+@pytest.mark.parametrize("algorithm", list(cks.ALGORITHMS))
+@pytest.mark.parametrize("damage", ["byte", "hole", "truncated"])
+def test_damage_changes_every_algorithms_checksum(tmp_path: Path, algorithm: str,
+                                                  damage: str) -> None:
+    path = tmp_path / "f"
+    write_layout(path, 3 << 20, [(1 << 20, os.urandom(200_000))])
+    before = cks.checksum_file(path, algorithm)
+    with open(path, "r+b") as f:
+        if damage == "byte":
+            f.seek((1 << 20) + 777)
+            f.write(b"\x00" if f.read(1) != b"\x00" else b"\x01")
+        elif damage == "hole":
+            f.seek(2 << 20)                  # data where a hole was
+            f.write(b"\x01")
+        else:
+            f.truncate((3 << 20) - 4096)
+    assert cks.checksum_file(path, algorithm) != before
 
 
 def test_a_file_that_shrinks_is_an_error(tmp_path: Path) -> None:
@@ -147,8 +175,10 @@ def test_a_file_that_shrinks_is_an_error(tmp_path: Path) -> None:
         os.close(fd)
 
 
+@pytest.mark.parametrize("algorithm", list(cks.ALGORITHMS))
 @pytest.mark.parametrize("threads", [0, 2])
-def test_a_streamed_checksum_equals_the_files(tmp_path: Path, threads: int) -> None:
+def test_a_streamed_checksum_equals_the_files(tmp_path: Path, threads: int,
+                                              algorithm: str) -> None:
     """StreamChecksum, fed a file's data extents in pieces of any size (on two
     hashing threads by segment, or inline), agrees with checksum_fd of the file:
     data across segment boundaries, zero blocks inside data, a partial last
@@ -172,7 +202,8 @@ def test_a_streamed_checksum_equals_the_files(tmp_path: Path, threads: int) -> N
     pools = [ThreadPoolExecutor(1) for _ in range(threads)]
     try:
         hasher = cks.StreamChecksum(
-            (lambda i, fn, *a: pools[i % threads].submit(fn, *a)) if threads else None)
+            (lambda i, fn, *a: pools[i % threads].submit(fn, *a)) if threads else None,
+            algorithm)
         fd = os.open(path, os.O_RDONLY)
         futures = []
         try:
@@ -185,9 +216,33 @@ def test_a_streamed_checksum_equals_the_files(tmp_path: Path, threads: int) -> N
             os.close(fd)
         for f in futures:
             f.result()
-        assert hasher.finish(size) == cks.checksum_file(path)
+        assert hasher.finish(size) == cks.checksum_file(path, algorithm)
         (tmp_path / "empty").touch()
-        assert cks.StreamChecksum().finish(0) == cks.checksum_file(tmp_path / "empty")
+        assert cks.StreamChecksum(algorithm=algorithm).finish(0) == cks.checksum_file(
+            tmp_path / "empty", algorithm)
     finally:
         for p in pools:
             p.shutdown()
+
+
+def test_a_backup_written_before_xxh3_still_verifies_and_its_damage_is_found(
+        tmp_path: Path) -> None:
+    """tests/fixtures/backup-v2.tar.gz: a backup made by synfast before the
+    checksum moved to XXH3 (blake2b-256-sparse-v2), as GNU tar packed it."""
+    import tarfile
+
+    from tests.conftest import run_cli
+
+    fixture = Path(__file__).parent.parent / "fixtures" / "backup-v2.tar.gz"
+    bk = tmp_path / "bk"
+    with tarfile.open(fixture) as tar:
+        tar.extractall(bk, filter="fully_trusted")
+    assert '"checksum": "blake2b-256-sparse-v2"' in (bk / ".synfast" / "manifest.json").read_text()
+    proc = run_cli("verify", bk, "--json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert '"checksums_checked": 3' in proc.stdout
+    with open(bk / "sparse.bin", "r+b") as f:
+        f.seek((1 << 20) + 10)
+        f.write(b"\x00\x00\x00")
+    proc = run_cli("verify", bk)
+    assert proc.returncode == 1 and "checksum mismatch" in proc.stdout

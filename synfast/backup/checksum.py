@@ -132,7 +132,7 @@ def _read_segment(fd: int, seg: tuple[int, int, list[tuple[int, int]]],
                   new: Callable[[], Any]) -> bytes:
     """One segment's digest with a hashlib hash: its data ranges read here."""
     start, end, ranges = seg
-    s = _Segment(start, end, new)
+    s = _Segment(start, new)
     for first, last in ranges:
         off = first
         while off < last:
@@ -141,7 +141,7 @@ def _read_segment(fd: int, seg: tuple[int, int, list[tuple[int, int]]],
                 raise OSError(5, "file shrank while being checksummed")
             s.data(off, memoryview(data))
             off += len(data)
-    return s.finish()
+    return s.finish(end)
 
 
 def checksum_file(path: str | os.PathLike[str], algorithm: str = CHECKSUM_ALGORITHM) -> str:
@@ -154,13 +154,14 @@ def checksum_file(path: str | os.PathLike[str], algorithm: str = CHECKSUM_ALGORI
 
 
 class _Segment:
-    """The digest of one segment (``start`` to ``end``) whose bytes arrive in
-    order; anything not given is a hole."""
+    """The digest of one segment starting at ``start`` whose bytes arrive in
+    order, anything not given being a hole, with a hashlib hash (XXH3's is
+    native: :class:`synfast.backup._hash.Canonical`)."""
 
     _ZERO = bytes(BLOCK)
 
-    def __init__(self, start: int, end: int, new: Callable[[], Any]) -> None:
-        self.start, self.pos, self.end = start, start, end
+    def __init__(self, start: int, new: Callable[[], Any]) -> None:
+        self.start, self.pos, self.end = start, start, start
         self.block = bytearray()        # the current block's bytes, when partial
         self.zrun = 0                   # zero bytes not yet fed to the hash
         self.h = new()
@@ -212,7 +213,8 @@ class _Segment:
             self.h.update(b"D")
             self.h.update(b)
 
-    def finish(self) -> bytes:
+    def finish(self, end: int) -> bytes:
+        self.end = end
         self._zeros(self.end - self.pos)
         if self.block:
             self.block, last = bytearray(), self.block
@@ -221,6 +223,11 @@ class _Segment:
             self.h.update(b"Z" + _U64.pack(self.zrun))
         self.h.update(b"E" + _U64.pack(self.end - self.start))
         return self.h.digest()
+
+
+def _feed(seg: Any, items: list[tuple[int, memoryview]]) -> None:
+    for offset, buf in items:
+        seg.data(offset, buf)
 
 
 class StreamChecksum:
@@ -237,8 +244,15 @@ class StreamChecksum:
 
     def __init__(self, run: Any = None, algorithm: str = CHECKSUM_ALGORITHM) -> None:
         self.run = run
+        if algorithm == XXH3:
+            from synfast.backup import _hash
+
+            self.segment: Callable[[int], Any] = _hash.Canonical
+        else:
+            new = ALGORITHMS[algorithm]
+            self.segment = lambda start: _Segment(start, new)
         self.new = ALGORITHMS[algorithm]
-        self.segments: dict[int, _Segment] = {}
+        self.segments: dict[int, Any] = {}
         self.pos = 0
 
     def data(self, offset: int, buf: bytes | bytearray | memoryview) -> list[Any]:
@@ -252,8 +266,7 @@ class StreamChecksum:
             take = min(len(mv), (index + 1) * SEGMENT - offset)
             seg = self.segments.get(index)
             if seg is None:
-                seg = self.segments[index] = _Segment(index * SEGMENT, (index + 1) * SEGMENT,
-                                                      self.new)
+                seg = self.segments[index] = self.segment(index * SEGMENT)
             if self.run is None:
                 seg.data(offset, mv[:take])
             else:
@@ -263,6 +276,33 @@ class StreamChecksum:
         self.pos = offset
         return futures
 
+    def data_many(self, pieces: list[tuple[int, memoryview]]) -> list[Any]:
+        """:meth:`data` for several ``(offset, bytes)`` pieces in order: one
+        hashing task per segment they touch, not one per piece."""
+        if self.run is None:
+            for offset, buf in pieces:
+                self.data(offset, buf)
+            return []
+        groups: dict[int, list[tuple[int, memoryview]]] = {}
+        for offset, buf in pieces:
+            if offset < self.pos:
+                raise ValueError("stream checksum fed out of order")
+            mv = memoryview(buf).cast("B")
+            while len(mv):
+                index = offset // SEGMENT
+                take = min(len(mv), (index + 1) * SEGMENT - offset)
+                groups.setdefault(index, []).append((offset, mv[:take]))
+                offset += take
+                mv = mv[take:]
+            self.pos = offset
+        futures = []
+        for index, items in groups.items():
+            seg = self.segments.get(index)
+            if seg is None:
+                seg = self.segments[index] = self.segment(index * SEGMENT)
+            futures.append(self.run(index, _feed, seg, items))
+        return futures
+
     def finish(self, size: int) -> str:
         """The checksum of the file, ``size`` bytes long (the rest is a hole);
         every future :meth:`data` returned must be done."""
@@ -270,8 +310,7 @@ class StreamChecksum:
             raise ValueError("stream checksum given more bytes than the file's size")
         whole = self.new()
         for index in range(max(1, -(-size // SEGMENT))):
-            seg = self.segments.get(index) or _Segment(index * SEGMENT, 0, self.new)
-            seg.end = min(size, (index + 1) * SEGMENT)
-            whole.update(b"S" + seg.finish())
+            seg = self.segments.get(index) or self.segment(index * SEGMENT)
+            whole.update(b"S" + seg.finish(min(size, (index + 1) * SEGMENT)))
         whole.update(b"E" + _U64.pack(size))
         return whole.hexdigest()

@@ -56,8 +56,9 @@ class MemberWriter:
     the checksum are independent, and segment ``i`` goes to hashing thread
     ``i % threads`` (one per core but one), which keeps each segment's bytes
     in order.
-    Pieces rotate through :data:`BUFFERS` buffers, and a buffer is reused only
-    once its hashing is done.  :meth:`close` stops the threads."""
+    The runs of a file fill a buffer back to back; each full buffer is one
+    write and one hashing task.  Buffers rotate (:data:`BUFFERS`), and a
+    buffer is reused only once its hashing is done.  :meth:`close` stops the threads."""
 
     BUFFERS = 6
 
@@ -117,27 +118,39 @@ class MemberWriter:
                               for i in range(max(1, (os.cpu_count() or 1) - 1))]
             hasher = cks.StreamChecksum(self._run if data > CHUNK else None, self.algorithm)
         short = False
-        k = 0
+        k, used = 0, 0
+        pieces: list[tuple[int, memoryview]] = []
+
+        def flush() -> None:
+            # One write and one hashing task per buffer, however many runs it holds.
+            nonlocal k, used, pieces
+            if hasher is not None:
+                self.pending[k] = hasher.data_many(pieces)
+            self.sink.write(self.bufs[k][:used])
+            k, used, pieces = (k + 1) % self.BUFFERS, 0, []
+            self._wait(k)
+
         try:
+            self._wait(k)
             for off, length in runs:
                 end = off + length
                 while off < end:
-                    want = min(CHUNK, end - off)
-                    self._wait(k)
-                    mv = self.bufs[k]
-                    got = os.preadv(fd, [mv[:want]], off) if not short else 0
+                    want = min(CHUNK - used, end - off)
+                    mv = self.bufs[k][used:used + want]
+                    got = os.preadv(fd, [mv], off) if not short else 0
                     if got < want:
                         short = True
                         mv[got:want] = bytes(want - got)
                     if off < len(overlay):
                         n = min(len(overlay) - off, want)
                         mv[:n] = overlay[off:off + n]
-                    piece = mv[:want]
-                    if hasher is not None:
-                        self.pending[k] = hasher.data(off, piece)
-                    self.sink.write(piece)
+                    pieces.append((off, mv))
+                    used += want
                     off += want
-                    k = (k + 1) % self.BUFFERS
+                    if used == CHUNK:
+                        flush()
+            if used:
+                flush()
         finally:
             for i in range(self.BUFFERS):
                 self._wait(i)

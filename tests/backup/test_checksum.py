@@ -207,11 +207,18 @@ def test_a_streamed_checksum_equals_the_files(tmp_path: Path, threads: int,
         fd = os.open(path, os.O_RDONLY)
         futures = []
         try:
+            batch: list = []
             for off, length in extents(fd):
                 while length:
                     n = min(length, rng.choice([1000, 1 << 16, 1 << 20, 3 << 20]))
-                    futures += hasher.data(off, os.pread(fd, n, off))
+                    piece = os.pread(fd, n, off)
+                    if rng.random() < 0.5:      # one piece, or a batch of several
+                        futures += hasher.data_many(batch) + hasher.data(off, piece)
+                        batch = []
+                    else:
+                        batch.append((off, memoryview(piece)))
                     off, length = off + n, length - n
+            futures += hasher.data_many(batch)
         finally:
             os.close(fd)
         for f in futures:

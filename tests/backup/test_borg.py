@@ -243,3 +243,25 @@ def test_borg_over_ssh_to_borg_serve(sshd: tuple[str, str], tmp_path: Path,
     outside = url.replace("/remote-repos/repo", "/elsewhere")
     proc = run_cli("backup", svc, f"borg:{outside}::n2")
     one_line(proc, f"borg:{outside}")
+
+
+def test_a_full_repository_disk_is_one_line_and_no_archive(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BORG_PASSPHRASE", PASS)
+    monkeypatch.setenv("BORG_BASE_DIR", str(tmp_path / "borg-home"))
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    try:
+        repo = disk / "repo"
+        subprocess.run(["borg", "init", "-e", "repokey-blake2", str(repo)], check=True,
+                       capture_output=True)
+        svc = small_service(tmp_path)
+        (svc / "big.bin").write_bytes(os.urandom(8 << 20))     # incompressible, > the disk
+        proc = run_cli("backup", svc, f"borg:{repo}::n1")
+        one_line(proc, f"borg:{repo}: ran out of space")
+        assert archives(repo) == []
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)

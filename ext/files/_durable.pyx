@@ -10,6 +10,7 @@ from cfcntl cimport (
     AT_FDCWD, POSIX_FADV_DONTNEED, SYNC_FILE_RANGE_WRITE, posix_fadvise, sync_file_range,
 )
 from cstdio cimport renameat2
+from cunistd cimport syncfs
 from clinux_fs cimport RENAME_NOREPLACE, RENAME_EXCHANGE
 
 include "pyos.pxi"
@@ -54,3 +55,13 @@ def drop_cache(int fd, long long offset=0, long long length=0):
         rc = posix_fadvise(fd, offset, length, POSIX_FADV_DONTNEED)
     if rc:
         raise OSError(rc, _strerror(rc))
+
+
+def sync_filesystem(int fd):
+    """Write out everything dirty on the filesystem holding ``fd`` and wait
+    for it (syncfs), reporting a writeback error met since ``fd`` was opened."""
+    cdef int rc
+    with nogil:
+        rc = syncfs(fd)
+    if rc != 0:
+        raise OSError(errno, _strerror(errno))

@@ -4,7 +4,8 @@
 Everything that can block runs with the GIL released.  Long loops re-take the GIL
 every few tens of MiB only to let a pending signal (Ctrl-C) interrupt the copy.
 Here: data extents, the choice of method per extent (do_copy) and copy_fd; the
-movers that copy one range by one method are in movers.pxi.
+movers that copy one range by one method are in movers.pxi, the batch copy of
+small dense files in small.pxi.
 """
 
 from libc.stdlib cimport malloc, calloc, realloc, free
@@ -22,6 +23,7 @@ from cvfs cimport statfs, fstatfs
 
 include "pyos.pxi"
 include "movers.pxi"
+include "small.pxi"
 
 # Modes shared by reflink= and sparse=.
 cdef enum:

@@ -18,3 +18,6 @@ cdef extern from "<errno.h>" nogil:
         EBADF
         EAGAIN
         EACCES
+        ENOENT
+        ELOOP
+        EFBIG

@@ -1,4 +1,4 @@
-# <fcntl.h>: open, record locks, pipe sizes, splice, sync_file_range and
+# <fcntl.h>: open and openat, record locks, pipe sizes, splice, sync_file_range and
 # posix_fadvise.  Declarations only.  Built with _GNU_SOURCE (see setup.py) so
 # that splice, sync_file_range and F_SETPIPE_SZ are visible.
 
@@ -9,6 +9,11 @@ cdef extern from "<fcntl.h>" nogil:
         AT_FDCWD
         O_RDONLY
         O_RDWR
+        O_WRONLY
+        O_CREAT
+        O_EXCL
+        O_NOFOLLOW
+        O_DIRECTORY
         O_CLOEXEC
         F_GETLK
         F_WRLCK
@@ -29,6 +34,7 @@ cdef extern from "<fcntl.h>" nogil:
         off_t l_len
         pid_t l_pid
     int open(const char *path, int flags, ...)
+    int openat(int dirfd, const char *path, int flags, ...)
     int fcntl(int fd, int cmd, ...)
     ssize_t splice(int fd_in, off_t *off_in, int fd_out, off_t *off_out, size_t len,
                    unsigned int flags)

@@ -1,4 +1,4 @@
-# <sys/stat.h>: fstat and the fields of struct stat that synfast reads.
+# <sys/stat.h>: fstat, fchmod, futimens and the fields of struct stat that synfast reads.
 # Declarations only.
 
 from posix.types cimport off_t, mode_t
@@ -16,4 +16,7 @@ cdef extern from "<sys/stat.h>" nogil:
         mode_t st_mode
         timespec st_mtim
         timespec st_ctim
+    bint S_ISREG(mode_t mode)
     int fstat(int fd, stat *buf)
+    int fchmod(int fd, mode_t mode)
+    int futimens(int fd, const timespec times[2])

@@ -64,7 +64,7 @@ def copy_command(
         print_json(report.as_dict())
     elif not quiet:
         typer.echo(
-            f"copied {len(report.files)} files, {len(report.environments)} LMDB environments, "
+            f"copied {report.file_count} files, {len(report.environments)} LMDB environments, "
             f"{report.symlinks} symlinks into {report.destination} in {report.seconds:.2f} s: "
             f"apparent {size(report.copy_apparent)}, allocated {size(report.copy_allocated)} "
             f"(source: apparent {size(report.source_apparent)}, "

@@ -19,8 +19,9 @@ from libc.errno cimport errno
 from posix.types cimport off_t
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
 
-from cerrno cimport EINTR, EIO
-from cunistd cimport pread
+from cerrno cimport EINTR, EIO, EFBIG
+from cfcntl cimport openat, O_RDONLY, O_NOFOLLOW, O_CLOEXEC
+from cunistd cimport pread, read, close
 
 cdef extern from "xxh_shim.h" nogil:
     ctypedef struct XXH3_state_t:
@@ -176,6 +177,124 @@ def segment_digests(int fd, list segments):
         free(buf)
         free(segs)
         free(pairs)
+
+
+cdef void _whole(const uint8_t *p, uint64_t n, XXH3_state_t *st, uint8_t *out) noexcept nogil:
+    """The file checksum of ``n`` bytes in memory, ``n`` at most one segment:
+    the segment's canonical digest, then ``S`` + it + ``E`` + size."""
+    cdef uint64_t b = 0, zero_run = 0
+    cdef size_t m
+    cdef XXH128_canonical_t seg, whole
+    XXH3_128bits_reset(st)
+    while b < n:
+        m = <size_t>(n - b) if n - b < BLOCK else BLOCK
+        if _all_zero(p + b, m):
+            zero_run += m
+        else:
+            if zero_run:
+                _tag(st, 90, zero_run, True)        # 'Z'
+                zero_run = 0
+            _tag(st, 68, 0, False)                 # 'D'
+            sf_xxh3_128_update(st, p + b, m)
+        b += m
+    if zero_run:
+        _tag(st, 90, zero_run, True)
+    _tag(st, 69, n, True)                          # 'E'
+    XXH128_canonicalFromHash(&seg, XXH3_128bits_digest(st))
+    XXH3_128bits_reset(st)
+    _tag(st, 83, 0, False)                         # 'S'
+    sf_xxh3_128_update(st, seg.digest, DIGEST)
+    _tag(st, 69, n, True)
+    XXH128_canonicalFromHash(&whole, XXH3_128bits_digest(st))
+    memcpy(out, whole.digest, DIGEST)
+
+
+def whole_digests(list contents):
+    """The ``xxh3-128-sparse-v3`` checksum (16 bytes) of each of ``contents``,
+    whole small files in memory (buffers of at most one segment, 64 MiB),
+    hashed one after another with the GIL released."""
+    cdef Py_ssize_t n = len(contents), i, got = 0
+    cdef Py_buffer *views = <Py_buffer *>calloc(n if n else 1, sizeof(Py_buffer))
+    cdef uint8_t *out = <uint8_t *>calloc(n * DIGEST if n else 1, 1)
+    cdef XXH3_state_t *st = XXH3_createState()
+    try:
+        if views == NULL or out == NULL or st == NULL:
+            raise MemoryError()
+        for i in range(n):
+            PyObject_GetBuffer(contents[i], &views[i], PyBUF_SIMPLE)
+            got += 1
+            if views[i].len > 64 * 1024 * 1024:
+                raise ValueError("whole_digests: a content longer than a segment")
+        with nogil:
+            for i in range(n):
+                _whole(<const uint8_t *>views[i].buf, <uint64_t>views[i].len, st,
+                       out + i * DIGEST)
+        return [(<char *>out)[i * DIGEST:(i + 1) * DIGEST] for i in range(n)]
+    finally:
+        for i in range(got):
+            PyBuffer_Release(&views[i])
+        if st != NULL:
+            XXH3_freeState(st)
+        free(views)
+        free(out)
+
+
+def file_digests(int dir_fd, list names, Py_ssize_t cap):
+    """The ``xxh3-128-sparse-v3`` checksum of each small file ``names`` (bytes)
+    of the directory open on ``dir_fd``, read whole (a hole reads as zeros,
+    which the canonical form does not tell apart), one after another with the
+    GIL released.  Each result is the 16-byte digest, or an errno (``EFBIG``
+    for a file longer than ``cap`` bytes, at most one segment)."""
+    cdef Py_ssize_t n = len(names), i
+    cdef const char **pn = <const char **>calloc(n if n else 1, sizeof(char *))
+    cdef int *codes = <int *>calloc(n if n else 1, sizeof(int))
+    cdef uint8_t *out = <uint8_t *>calloc(n * DIGEST if n else 1, 1)
+    cdef uint8_t *buf = NULL
+    cdef XXH3_state_t *st = XXH3_createState()
+    cdef int fd
+    cdef ssize_t k
+    cdef size_t got
+    if cap < 0 or cap > 64 * 1024 * 1024:
+        raise ValueError("file_digests: cap is at most one segment")
+    buf = <uint8_t *>calloc(<size_t>cap + 1, 1)
+    try:
+        if pn == NULL or codes == NULL or out == NULL or buf == NULL or st == NULL:
+            raise MemoryError()
+        for i in range(n):
+            if type(names[i]) is not bytes:
+                raise TypeError("file_digests: names are bytes")
+            pn[i] = <const char *>(<bytes>names[i])
+        with nogil:
+            for i in range(n):
+                fd = openat(dir_fd, pn[i], O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
+                if fd < 0:
+                    codes[i] = errno
+                    continue
+                got = 0
+                while got <= <size_t>cap:
+                    k = read(fd, buf + got, <size_t>cap + 1 - got)
+                    if k < 0:
+                        if errno == EINTR:
+                            continue
+                        codes[i] = errno
+                        break
+                    if k == 0:
+                        break
+                    got += <size_t>k
+                close(fd)
+                if codes[i] == 0 and got > <size_t>cap:
+                    codes[i] = EFBIG
+                if codes[i] == 0:
+                    _whole(buf, got, st, out + i * DIGEST)
+        return [codes[i] if codes[i] else (<char *>out)[i * DIGEST:(i + 1) * DIGEST]
+                for i in range(n)]
+    finally:
+        if st != NULL:
+            XXH3_freeState(st)
+        free(pn)
+        free(codes)
+        free(out)
+        free(buf)
 
 
 cdef class XXH3:

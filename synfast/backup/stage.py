@@ -9,12 +9,15 @@ manifest written.
 4. Files and environments are copied in parallel, largest first (small files
    one after another by one worker).  Each output is then finished in one
    pass: metadata applied, writeback started, checksum computed from the page
-   cache, fsynced, its pages dropped.  Every environment copy is opened and
+   cache, fsynced, its pages dropped.  Small dense files are copied in batches
+   per directory (:mod:`synfast.files.small`) and hashed from the bytes read,
+   with no fsync each: step 5 makes them durable.  Every environment copy is opened and
    counted, so a copy that LMDB cannot read fails the backup, not the restore.
    A regular file the service changes meanwhile is copied again (up to
    :data:`FILE_ATTEMPTS` times); one it removes, or replaces with something
    that is not a regular file, is left out and listed.
-5. Symlinks are made, then directory metadata applied deepest first.
+5. Symlinks are made, then directory metadata applied deepest first, then one
+   syncfs of the destination's filesystem makes every file and name durable.
 6. The manifest is written last (:func:`synfast.backup.manifest.write_json_durably`).
 """
 
@@ -35,7 +38,7 @@ from synfast.backup.pacing import Throttle, copy_file_chunked
 from synfast.copy.tree import SMALL_FILE
 from synfast.copy.walk import Entry, Plan, deepest_first
 from synfast.errors import CopyFailed, SourceChanged, SynfastError
-from synfast.files import durable
+from synfast.files import durable, small
 from synfast.files import sparse as files
 from synfast.lmdb import env as lmdbenv
 from synfast.lmdb.engines import EnvironmentCopier
@@ -89,9 +92,10 @@ class Stage:
         try:
             self.copier.prepare([(e.rel, e.env) for e in envs if e.env is not None])
             hooks.pause_point("snapshots-taken", self.cancel)
-            workers.run_all(lambda e: (self.do_env if e.kind == "env" else self.do_file)(e),
-                            work, workers.default_workers(self.opts.jobs), "synfast-bk",
-                            serial=lambda e: e.kind == "file" and e.weight < SMALL_FILE,
+            workers.run_all(self.do_item, self.items(work),
+                            workers.default_workers(self.opts.jobs), "synfast-bk",
+                            serial=lambda i: isinstance(i, list) or (
+                                i.kind == "file" and i.weight < SMALL_FILE),
                             cancel=self.cancel)
         finally:
             self.copier.close()
@@ -101,8 +105,10 @@ class Stage:
         for d in deepest_first(dirs):
             target = self.tmp / d.rel if d.rel else self.tmp
             files.apply_metadata(target, d.st)
-            if self.opts.fsync:
-                durable.fsync_dir(target)
+        if self.opts.fsync:
+            # Larger files were fsynced one by one as they were finished; this
+            # writes out the batched small files and every name and directory.
+            durable.sync_filesystem(self.tmp)
         return work
 
     @property
@@ -120,6 +126,55 @@ class Stage:
         return times
 
     # -- one item ----------------------------------------------------------
+    def items(self, work: list[Entry]) -> list[Entry | list[Entry]]:
+        """The work as the workers take it: environments and larger files one
+        by one, small dense files in batches (lists) per directory.  Pacing and
+        the mid-file pause point need the general path."""
+        def batchable(e: Entry) -> bool:
+            return (e.kind == "file" and self.throttle is None and not self.mid_file_hook
+                    and small.qualifies(e.st, reflink=self.opts.reflink))
+
+        by_rel = {e.rel: e for e in work if batchable(e)}
+        return [*(e for e in work if e.rel not in by_rel),
+                *([by_rel[rel] for rel, _ in b]
+                  for b in small.batches([(e.rel, e.st) for e in by_rel.values()]))]
+
+    def do_item(self, item: Entry | list[Entry]) -> None:
+        if isinstance(item, list):
+            self.do_batch(item)
+        elif item.kind == "env":
+            self.do_env(item)
+        else:
+            self.do_file(item)
+
+    def do_batch(self, batch: list[Entry]) -> None:
+        """Copy a batch of small dense files of one directory and hash them
+        from the bytes read; files changed or removed since the plan go through
+        :meth:`do_file`, which copies them again or lists them."""
+        self.cancel.check()
+        copied, left = small.copy_batch(
+            self.src, self.tmp, [(e.rel, e.st) for e in batch], preserve=True,
+            keep_data=bool(self.opts.algorithm), display_root=self.destination)
+        c0 = time.monotonic()
+        digests: list[str | None] = (
+            cks.checksum_contents([c.data for c in copied], self.opts.algorithm)  # type: ignore[misc]
+            if self.opts.algorithm else [None] * len(copied))
+        c1 = time.monotonic()
+        recs = {c.rel: {"path": c.rel, "type": "file", "size": c.st.st_size,
+                        "allocated": c.allocated, **_owner(c.st), "checksum": d}
+                for c, d in zip(copied, digests, strict=True)}
+        with self.lock:
+            self.records.update(recs)
+            self.checksum_seconds += c1 - c0
+        if self.progress and copied:
+            self.progress("item", {"path": copied[0].rel.rpartition("/")[0] + "/",
+                                   "bytes": sum(c.st.st_blocks * 512 for c in copied),
+                                   "kind": "files", "count": len(copied),
+                                   "written": sum(c.st.st_size for c in copied)})
+        by_rel = {e.rel: e for e in batch}
+        for rel, _ in left:
+            self.do_file(by_rel[rel])
+
     def do_file(self, e: Entry) -> None:
         """Copy a regular file; a file the service changes while we copy it is
         copied again (it may be a log being appended to), and only a file that

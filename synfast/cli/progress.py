@@ -68,7 +68,7 @@ class Reporter:
                           f"{size(self.total)} allocated, {data['environments']} environments")
         elif event == "item":
             self.done += data["bytes"]
-            self.count += 1
+            self.count += data.get("count", 1)
             if self._bar is not None:
                 self._bar.update(self._task, completed=self.done, item=data["path"])
             elif not self.tty and (data["kind"] == "env" or data["bytes"] >= self.LOG_MIN):

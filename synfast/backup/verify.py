@@ -31,6 +31,7 @@ from synfast import workers
 from synfast.backup import checksum as cks
 from synfast.backup import manifest
 from synfast.backup.manifest import ManifestError
+from synfast.files import small
 from synfast.lmdb import env as lmdbenv
 
 _TYPES = {"dir": stat.S_ISDIR, "file": stat.S_ISREG, "env": stat.S_ISREG,
@@ -162,25 +163,39 @@ class _Checker:
                     self.to_hash.append(e)
 
     def checksums(self, threads: int) -> None:
-        """Every file whose size matched has the manifest's checksum (largest first)."""
-        def digest(e: dict) -> tuple[dict, str | None, str]:
+        """Every file whose size matched has the manifest's checksum (largest
+        first; small files in batches per directory, read whole)."""
+        def digest(item: dict | list[dict]) -> list[tuple[dict, str | OSError]]:
+            if isinstance(item, list):
+                d = self.b / item[0]["path"].rpartition("/")[0]
+                names = [e["path"].rpartition("/")[2] for e in item]
+                try:
+                    got = cks.checksum_small_files(d, names, self.algorithm)  # type: ignore[arg-type]
+                except OSError as err:
+                    return [(e, err) for e in item]
+                return list(zip(item, got, strict=True))
             try:
-                return e, cks.checksum_file(self.b / e["path"], self.algorithm), ""
+                return [(item, cks.checksum_file(self.b / item["path"], self.algorithm))]  # type: ignore[arg-type]
             except OSError as err:
-                return e, None, err.strerror or str(err)
+                return [(item, err)]
 
+        large = [e for e in self.to_hash if e.get("size", 0) > small.SMALL_MAX]
+        large.sort(key=lambda e: -e.get("size", 0))
+        work: list[dict | list[dict]] = [*large, *small.batches(
+            [e for e in self.to_hash if e.get("size", 0) <= small.SMALL_MAX],
+            rel=lambda e: e["path"], size=lambda e: e.get("size", 0))]
         pool = workers.executor(threads, "synfast-verify")
         try:
-            for e, got, err in pool.map(digest, sorted(self.to_hash,
-                                                       key=lambda e: -e.get("size", 0))):
-                self.report.checksums_checked += 1
-                if got is None:
-                    self.problem(e["path"], f"cannot be read: {err}")
-                    self.bad_data.add(e["path"])
-                elif got != e["checksum"]:
-                    self.problem(e["path"],
-                                 "content differs from the manifest (checksum mismatch)")
-                    self.bad_data.add(e["path"])
+            for results in pool.map(digest, work):
+                for e, got in results:
+                    self.report.checksums_checked += 1
+                    if isinstance(got, OSError):
+                        self.problem(e["path"], f"cannot be read: {got.strerror or got}")
+                        self.bad_data.add(e["path"])
+                    elif got != e["checksum"]:
+                        self.problem(e["path"],
+                                     "content differs from the manifest (checksum mismatch)")
+                        self.bad_data.add(e["path"])
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 

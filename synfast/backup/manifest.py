@@ -116,10 +116,28 @@ def document(*, source: Path, destination: str, started: float, opts: Any,
     }
 
 
+def dumps(obj: Any) -> str:
+    """``obj`` as JSON a person can read: a line per key of a top-level
+    object and per item of its lists.  Each line comes from json's C encoder;
+    an indented ``json.dumps`` runs the pure-Python one, which took longer
+    than copying a tree of 20,000 small files whose manifest it wrote."""
+    if not isinstance(obj, dict) or not obj:
+        return json.dumps(obj)
+    enc = json.JSONEncoder().encode
+    lines = []
+    for key, value in obj.items():
+        if isinstance(value, list) and value:
+            items = ",\n  ".join(enc(v) for v in value)
+            lines.append(f" {enc(key)}: [\n  {items}\n ]")
+        else:
+            lines.append(f" {enc(key)}: {enc(value)}")
+    return "{\n" + ",\n".join(lines) + "\n}"
+
+
 def write_json_durably(path: Path, obj: Any, *, fsync: bool = True) -> None:
-    """Write ``obj`` as JSON to ``path``, whole or not at all
+    """Write ``obj`` as JSON (:func:`dumps`) to ``path``, whole or not at all
     (:func:`synfast.files.durable.write_atomic`)."""
-    data = (json.dumps(obj, indent=1, sort_keys=False) + "\n").encode()
+    data = (dumps(obj) + "\n").encode()
     try:
         durable.write_atomic(path, data, mode=0o644, replace=True, fsync=fsync)
     except OSError as err:

@@ -25,7 +25,6 @@ and writes it to ``fd`` (a pipe, a file, borg's stdin) as a tar stream
 from __future__ import annotations
 
 import errno
-import json
 import os
 import stat
 import time
@@ -368,6 +367,6 @@ def _finish(w: MemberWriter, doc: dict) -> None:
     w.sink.write(tf.header(manifest.META_DIR + "/", tf.DIR, mode=0o755, uid=os.getuid(),
                            gid=os.getgid(), mtime_ns=time.time_ns()))
 
-    data = (json.dumps(doc, indent=1) + "\n").encode()
+    data = (manifest.dumps(doc) + "\n").encode()
     w.small(f"{manifest.META_DIR}/{manifest.MANIFEST}", data)
     w.sink.write(tf.END)

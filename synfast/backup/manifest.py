@@ -134,10 +134,12 @@ def dumps(obj: Any) -> str:
     return "{\n" + ",\n".join(lines) + "\n}"
 
 
-def write_json_durably(path: Path, obj: Any, *, fsync: bool = True) -> None:
-    """Write ``obj`` as JSON (:func:`dumps`) to ``path``, whole or not at all
+def write_json_durably(path: Path, obj: Any, *, fsync: bool = True,
+                       text: str | None = None) -> None:
+    """Write ``obj`` as JSON (:func:`dumps`, or ``text`` when the caller
+    encoded it already) to ``path``, whole or not at all
     (:func:`synfast.files.durable.write_atomic`)."""
-    data = (dumps(obj) + "\n").encode()
+    data = ((dumps(obj) if text is None else text) + "\n").encode()
     try:
         durable.write_atomic(path, data, mode=0o644, replace=True, fsync=fsync)
     except OSError as err:

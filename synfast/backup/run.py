@@ -232,9 +232,20 @@ def _build(the_plan: Plan, partial: Path, report: BackupReport, opts: BackupOpti
     stage = Stage(the_plan, partial, report.destination, opts, cancel, progress)
     work = stage.run(started)
     report.skipped = stage.skipped
+    # Larger files were fsynced one by one as they were finished; one syncfs
+    # writes out the batched small files and every name and directory, while
+    # the manifest is built.  The manifest is written only once it returned.
+    synced = (workers.shared_executor().submit(durable.sync_filesystem, partial)
+              if opts.fsync else None)
     doc = _manifest(stage, work, report, opts, started)
+    text = manifest.dumps(doc)
+    if synced is not None:
+        try:
+            synced.result()
+        except OSError as err:
+            raise convert_error(err, report.destination) from err
     meta = partial / manifest.META_DIR
-    manifest.write_json_durably(meta / manifest.MANIFEST, doc, fsync=opts.fsync)
+    manifest.write_json_durably(meta / manifest.MANIFEST, doc, fsync=opts.fsync, text=text)
     os.utime(meta, ns=(time.time_ns(), time.time_ns()))
     if opts.fsync:
         durable.fsync_dir(partial)

@@ -16,8 +16,9 @@ manifest written.
    A regular file the service changes meanwhile is copied again (up to
    :data:`FILE_ATTEMPTS` times); one it removes, or replaces with something
    that is not a regular file, is left out and listed.
-5. Symlinks are made, then directory metadata applied deepest first, then one
-   syncfs of the destination's filesystem makes every file and name durable.
+5. Symlinks are made, then directory metadata applied deepest first; then
+   (:func:`synfast.backup.run`) one syncfs of the destination's filesystem
+   makes every file and name durable, while the manifest is built.
 6. The manifest is written last (:func:`synfast.backup.manifest.write_json_durably`).
 """
 
@@ -105,10 +106,6 @@ class Stage:
         for d in deepest_first(dirs):
             target = self.tmp / d.rel if d.rel else self.tmp
             files.apply_metadata(target, d.st)
-        if self.opts.fsync:
-            # Larger files were fsynced one by one as they were finished; this
-            # writes out the batched small files and every name and directory.
-            durable.sync_filesystem(self.tmp)
         return work
 
     @property

@@ -32,8 +32,12 @@ _META = struct.Struct("<QHHI II Q Q 48x IHH QQQQQ QQ")
 
 META_LEN = _META.size  # 152
 
-#: The smallest file that can hold an environment: two meta pages of 512 bytes.
-MIN_ENV_FILE = 1024
+#: The smallest file that can hold an environment: its two meta pages.  LMDB
+#: pages are the OS page size, at least 4 KiB on every Linux architecture, and
+#: a new environment's data file starts with both meta pages written.  Smaller
+#: files are not opened to be recognised: in a tree of many small files that
+#: probe was a third of the walk.
+MIN_ENV_FILE = 2 * 4096
 
 
 @dataclass(frozen=True)

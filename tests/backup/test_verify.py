@@ -200,3 +200,36 @@ def test_an_environment_record_outside_the_backup_is_refused(made: Path) -> None
     lines = problems(made)
     assert lines == [f"{mf}: is invalid: environment 0 names a path outside the backup "
                      "(it was not written by synfast; do not trust this backup)"]
+
+
+@pytest.mark.parametrize("algorithm", sorted(cks.CHOICES))
+def test_small_files_checked_in_batches_find_each_damage(tmp_path: Path, algorithm: str) -> None:
+    """Small files are read whole and hashed a directory at a time: a changed
+    byte, a file rewritten at its size, a hole where zeros were (not damage)
+    and a directory where a file was are each told apart."""
+    svc = tmp_path / "svc"
+    (svc / "d").mkdir(parents=True)
+    for i in range(40):
+        (svc / "d" / f"f{i:02}").write_bytes(os.urandom(3000 + i) if i != 7 else bytes(20000))
+    bk = tmp_path / "bk"
+    backup_ok(svc, bk, "-q", "--checksum", algorithm)
+    d = bk / "d"
+    with open(d / "f03", "r+b") as f:                       # a changed byte
+        f.seek(1000)
+        b = f.read(1)
+        f.seek(1000)
+        f.write(bytes([b[0] ^ 1]))
+    os.unlink(d / "f07")                                     # zeros become a hole: same content
+    with open(d / "f07", "wb") as f:
+        f.truncate(20000)
+    os.chmod(d / "f07", 0o644)
+    os.unlink(d / "f11")                                     # a directory where a file was
+    (d / "f11").mkdir(mode=0o755)
+    size = os.path.getsize(d / "f20")                        # rewritten at its size
+    (d / "f20").write_bytes(os.urandom(size))
+    lines = problems(bk)
+    assert f"{d / 'f03'}: content differs from the manifest (checksum mismatch)" in lines
+    assert f"{d / 'f20'}: content differs from the manifest (checksum mismatch)" in lines
+    assert f"{d / 'f11'}: is not a file as the manifest says" in lines
+    assert not any(line.startswith(f"{d / 'f07'}") for line in lines)
+    assert len(lines) == 3

@@ -23,6 +23,7 @@ import contextlib
 import os
 import stat
 import time
+from concurrent.futures import FIRST_COMPLETED, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,8 +99,7 @@ def verify(backup: str | os.PathLike[str], *, checksums: bool = True,
                       "(contents not checked; use a newer synfast)")
     check.algorithm = algorithm if use_checksums else None
     check.entries(doc["entries"], use_checksums)
-    check.checksums(workers.default_workers(jobs))
-    check.environments(doc["environments"])
+    check.checksums_and_walks(doc["environments"], workers.default_workers(jobs))
     check.unlisted()
     if record:
         # A read-only backup can still be verified: recording is best effort.
@@ -162,9 +162,16 @@ class _Checker:
                 elif use_checksums and e.get("checksum"):
                     self.to_hash.append(e)
 
-    def checksums(self, threads: int) -> None:
+    def checksums_and_walks(self, envs: list[dict], threads: int) -> None:
         """Every file whose size matched has the manifest's checksum (largest
-        first; small files in batches per directory, read whole)."""
+        first; small files in batches per directory, read whole), and every
+        environment opens and walks with the manifest's counts.
+
+        An environment is walked in this process only once its data file's
+        checksum matched (LMDB trusts its pages), and then at once, on the
+        pool, beside the hashing of the other files.  One that no checksum
+        vouched for is walked afterwards in a forked child.  Problems are
+        reported files first, then environments in the manifest's order."""
         def digest(item: dict | list[dict]) -> list[tuple[dict, str | OSError]]:
             if isinstance(item, list):
                 d = self.b / item[0]["path"].rpartition("/")[0]
@@ -179,34 +186,42 @@ class _Checker:
             except OSError as err:
                 return [(item, err)]
 
+        by_data = {env["data"]: env for env in envs}
+        self.env_files.update(by_data)
         large = [e for e in self.to_hash if e.get("size", 0) > small.SMALL_MAX]
         large.sort(key=lambda e: -e.get("size", 0))
         work: list[dict | list[dict]] = [*large, *small.batches(
             [e for e in self.to_hash if e.get("size", 0) <= small.SMALL_MAX],
             rel=lambda e: e["path"], size=lambda e: e.get("size", 0))]
+        walks: dict[str, Any] = {}
         pool = workers.executor(threads, "synfast-verify")
         try:
-            for results in pool.map(digest, work):
-                for e, got in results:
-                    self.report.checksums_checked += 1
-                    if isinstance(got, OSError):
-                        self.problem(e["path"], f"cannot be read: {got.strerror or got}")
-                        self.bad_data.add(e["path"])
-                    elif got != e["checksum"]:
-                        self.problem(e["path"],
-                                     "content differs from the manifest (checksum mismatch)")
-                        self.bad_data.add(e["path"])
+            pending = {pool.submit(digest, item) for item in work}
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    for e, got in future.result():
+                        self.report.checksums_checked += 1
+                        if isinstance(got, OSError):
+                            self.problem(e["path"], f"cannot be read: {got.strerror or got}")
+                            self.bad_data.add(e["path"])
+                        elif got != e["checksum"]:
+                            self.problem(e["path"], "content differs from the manifest "
+                                         "(checksum mismatch)")
+                            self.bad_data.add(e["path"])
+                        elif e["path"] in by_data:
+                            walks[e["path"]] = pool.submit(_walk_env, self.b,
+                                                           by_data[e["path"]], False)
+            for env in envs:
+                if env["data"] in self.bad_data:
+                    self.problem(env["path"], "environment not opened: its data file does "
+                                 "not match the manifest")
+                    continue
+                future = walks.get(env["data"])
+                walked = future.result() if future else _walk_env(self.b, env, True)
+                _judge_env(env, walked, self.report, self.problem)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
-
-    def environments(self, envs: list[dict]) -> None:
-        """Every environment opens and walks with the manifest's counts; one that
-        no checksum vouched for is walked in a forked child."""
-        vouched = {e["path"] for e in self.to_hash} - self.bad_data
-        for env in envs:
-            self.env_files.add(env["data"])
-            _check_env(self.b, env, self.bad_data, self.report, self.problem,
-                       isolate=env["data"] not in vouched)
 
     def unlisted(self) -> None:
         """Anything present that the manifest does not list is a problem."""
@@ -270,26 +285,29 @@ class EnvCrashed(Exception):
     """Walking an environment killed the child process that walked it."""
 
 
-def _check_env(b: Path, env: dict, bad_data: set[str], report: VerifyReport, problem,
-               isolate: bool = False) -> None:
-    rel = env["path"]
-    if env["data"] in bad_data:
-        problem(rel, "environment not opened: its data file does not match the manifest")
-        return
+def _walk_env(b: Path, env: dict, isolate: bool) -> dict | str:
+    """Walk one environment of the backup (in a forked child when
+    ``isolate``): the walk's counts, or the line saying why it failed."""
     subdir = env.get("layout") == "directory"
+    rel = env["path"]
     path = os.fspath(b / rel if rel else b)
     try:
-        walked = (_walk_isolated(path, subdir) if isolate
-                  else lmdbenv.walk(path, subdir, nolock=True, full=True))
+        return (_walk_isolated(path, subdir) if isolate
+                else lmdbenv.walk(path, subdir, nolock=True, full=True))
     except EnvCrashed as err:
-        problem(rel, f"environment is damaged: reading it crashed LMDB ({err}); "
+        return (f"environment is damaged: reading it crashed LMDB ({err}); "
                 "restore from another backup")
-        return
     except lmdbenv.LmdbError as err:
-        problem(rel, f"environment does not open or walk: {err.operation}: {err.message}")
-        return
+        return f"environment does not open or walk: {err.operation}: {err.message}"
     except OSError as err:
-        problem(rel, f"environment cannot be read: {err.strerror}")
+        return f"environment cannot be read: {err.strerror}"
+
+
+def _judge_env(env: dict, walked: dict | str, report: VerifyReport, problem) -> None:
+    """Compare one environment's walk with its manifest record."""
+    rel = env["path"]
+    if isinstance(walked, str):
+        problem(rel, walked)
         return
     report.environments_checked += 1
     named = walked["named"]

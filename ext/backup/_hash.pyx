@@ -76,13 +76,32 @@ cdef inline void _tag(XXH3_state_t *st, uint8_t tag, uint64_t value, bint with_v
     sf_xxh3_128_update(st, rec, 9)
 
 
+cdef uint64_t _feed_blocks(XXH3_state_t *st, const uint8_t *p, size_t n,
+                          uint64_t zero_run) noexcept nogil:
+    """Feed ``n`` bytes that start on a block boundary to the canonical form,
+    a block at a time: a zero block extends the run of zeros, any other is
+    ``D`` + its bytes after the run's ``Z``.  Returns the run left open."""
+    cdef size_t b = 0, m
+    while b < n:
+        m = n - b if n - b < BLOCK else BLOCK
+        if _all_zero(p + b, m):
+            zero_run += m
+        else:
+            if zero_run:
+                _tag(st, 90, zero_run, True)        # 'Z'
+                zero_run = 0
+            _tag(st, 68, 0, False)                 # 'D'
+            sf_xxh3_128_update(st, p + b, m)
+        b += m
+    return zero_run
+
+
 cdef int _segment(int fd, Seg *s, XXH3_state_t *st, uint8_t *buf) noexcept nogil:
     """The digest of one segment into ``s.digest``.  0 or an errno."""
-    cdef off_t pos = s.start, rs, re, n, got, b
+    cdef off_t pos = s.start, rs, re, n, got
     cdef off_t zero_run = 0
     cdef ssize_t k
     cdef Py_ssize_t i
-    cdef size_t m
     cdef XXH128_canonical_t out
     XXH3_128bits_reset(st)
     for i in range(s.nranges):
@@ -105,18 +124,7 @@ cdef int _segment(int fd, Seg *s, XXH3_state_t *st, uint8_t *buf) noexcept nogil
                 if k == 0:
                     return EIO          # the file shrank under us
                 got += k
-            b = 0
-            while b < n:
-                m = <size_t>(n - b) if n - b < BLOCK else BLOCK
-                if _all_zero(buf + b, m):
-                    zero_run += m
-                else:
-                    if zero_run:
-                        _tag(st, 90, <uint64_t>zero_run, True)      # 'Z'
-                        zero_run = 0
-                    _tag(st, 68, 0, False)                         # 'D'
-                    sf_xxh3_128_update(st, buf + b, m)
-                b += m
+            zero_run = <off_t>_feed_blocks(st, buf, <size_t>n, <uint64_t>zero_run)
             pos += n
     zero_run += s.end - pos
     if zero_run:
@@ -182,21 +190,10 @@ def segment_digests(int fd, list segments):
 cdef void _whole(const uint8_t *p, uint64_t n, XXH3_state_t *st, uint8_t *out) noexcept nogil:
     """The file checksum of ``n`` bytes in memory, ``n`` at most one segment:
     the segment's canonical digest, then ``S`` + it + ``E`` + size."""
-    cdef uint64_t b = 0, zero_run = 0
-    cdef size_t m
+    cdef uint64_t zero_run
     cdef XXH128_canonical_t seg, whole
     XXH3_128bits_reset(st)
-    while b < n:
-        m = <size_t>(n - b) if n - b < BLOCK else BLOCK
-        if _all_zero(p + b, m):
-            zero_run += m
-        else:
-            if zero_run:
-                _tag(st, 90, zero_run, True)        # 'Z'
-                zero_run = 0
-            _tag(st, 68, 0, False)                 # 'D'
-            sf_xxh3_128_update(st, p + b, m)
-        b += m
+    zero_run = _feed_blocks(st, p, <size_t>n, 0)
     if zero_run:
         _tag(st, 90, zero_run, True)
     _tag(st, 69, n, True)                          # 'E'

@@ -36,7 +36,7 @@ from synfast.backup import checksum as cks
 from synfast.backup import hooks, manifest
 from synfast.backup.options import BackupOptions
 from synfast.backup.pacing import Throttle, copy_file_chunked
-from synfast.copy.tree import SMALL_FILE
+from synfast.copy.tree import dispatch, is_serial, work_items
 from synfast.copy.walk import Entry, Plan, deepest_first
 from synfast.errors import CopyFailed, SourceChanged, SynfastError
 from synfast.files import durable, small
@@ -95,9 +95,7 @@ class Stage:
             hooks.pause_point("snapshots-taken", self.cancel)
             workers.run_all(self.do_item, self.items(work),
                             workers.default_workers(self.opts.jobs), "synfast-bk",
-                            serial=lambda i: isinstance(i, list) or (
-                                i.kind == "file" and i.weight < SMALL_FILE),
-                            cancel=self.cancel)
+                            serial=is_serial, cancel=self.cancel)
         finally:
             self.copier.close()
         self.copy_links()
@@ -131,18 +129,10 @@ class Stage:
             return (e.kind == "file" and self.throttle is None and not self.mid_file_hook
                     and small.qualifies(e.st, reflink=self.opts.reflink))
 
-        by_rel = {e.rel: e for e in work if batchable(e)}
-        return [*(e for e in work if e.rel not in by_rel),
-                *([by_rel[rel] for rel, _ in b]
-                  for b in small.batches([(e.rel, e.st) for e in by_rel.values()]))]
+        return work_items(work, batchable)
 
     def do_item(self, item: Entry | list[Entry]) -> None:
-        if isinstance(item, list):
-            self.do_batch(item)
-        elif item.kind == "env":
-            self.do_env(item)
-        else:
-            self.do_file(item)
+        dispatch(item, batch=self.do_batch, env=self.do_env, file=self.do_file)
 
     def do_batch(self, batch: list[Entry]) -> None:
         """Copy a batch of small dense files of one directory and hash them

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import stat
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -152,6 +153,35 @@ def copy(
     return report
 
 
+def work_items(work: list[Entry], batchable: Callable[[Entry], bool],
+               ) -> list[Entry | list[Entry]]:
+    """The files and environments of a copy or backup as its workers take
+    them: one by one, except the entries ``batchable`` picks, which come as
+    batches (lists) of one directory (:func:`synfast.files.small.batches`)."""
+    by_rel = {e.rel: e for e in work if batchable(e)}
+    return [*(e for e in work if e.rel not in by_rel),
+            *([by_rel[rel] for rel, _ in b]
+              for b in small.batches([(e.rel, e.st) for e in by_rel.values()]))]
+
+
+def dispatch(item: Entry | list[Entry], *, batch: Callable[[list[Entry]], None],
+             env: Callable[[Entry], None], file: Callable[[Entry], None]) -> None:
+    """Hand one work item of :func:`work_items` to what copies its kind."""
+    if isinstance(item, list):
+        batch(item)
+    elif item.kind == "env":
+        env(item)
+    else:
+        file(item)
+
+
+def is_serial(item: Entry | list[Entry]) -> bool:
+    """Whether a work item goes to the single worker of small things
+    (:func:`synfast.workers.run_all`): a batch, or a file under
+    :data:`SMALL_FILE`."""
+    return isinstance(item, list) or (item.kind == "file" and item.weight < SMALL_FILE)
+
+
 def _target(tmp: Path, rel: str) -> Path:
     return tmp / rel if rel else tmp
 
@@ -212,31 +242,21 @@ class _Copier:
         """Copy every file and environment, largest first; return them."""
         work = [e for e in self.plan.entries if e.kind in ("file", "env")]
         work.sort(key=lambda e: e.weight, reverse=True)
+
         def batchable(e: Entry) -> bool:
             # The root itself (a copy of one file) has no directory to batch in.
             return e.kind == "file" and e.rel != "" and small.qualifies(
                 e.st, reflink=self.reflink, sparse=self.sparse, copy_file_range=self.cfr)
 
-        batched = [e for e in work if batchable(e)]
-        alone = [e for e in work if not batchable(e)]
-        by_rel = {e.rel: e for e in batched}
-        items: list = [*alone, *([by_rel[rel] for rel, _ in b]
-                                 for b in small.batches([(e.rel, e.st) for e in batched]))]
+        items = work_items(work, batchable)
 
         def do(item: Entry | list[Entry]) -> None:
-            if isinstance(item, list):
-                self.do_batch(item)
-            elif item.kind == "env":
-                self.do_env(item)
-            else:
-                self.do_file(item)
+            dispatch(item, batch=self.do_batch, env=self.do_env, file=self.do_file)
 
         try:
             self.envs.prepare([(e.rel, e.env) for e in work if e.env is not None])
             workers.run_all(do, items, workers.default_workers(jobs), "synfast-copy",
-                            serial=lambda i: isinstance(i, list) or (
-                                i.kind == "file" and i.weight < SMALL_FILE),
-                            cancel=workers.Cancel())
+                            serial=is_serial, cancel=workers.Cancel())
         finally:
             self.envs.close()
         return work
@@ -295,4 +315,4 @@ def _execute(the_plan: Plan, tmp: Path, report: CopyReport, *, jobs: int | None,
     report.environments = [looked_at(r) for r in report.environments]
 
 
-__all__ = ["SMALL_FILE", "CopyReport", "copy"]
+__all__ = ["SMALL_FILE", "CopyReport", "copy", "dispatch", "is_serial", "work_items"]

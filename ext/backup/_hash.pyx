@@ -42,6 +42,8 @@ cdef extern from "xxh_shim.h" nogil:
 cdef enum:
     # The canonical form's block (must match synfast.backup.checksum.BLOCK).
     BLOCK = 65536
+    # The canonical form's segment (must match synfast.backup.checksum.SEGMENT).
+    SEGMENT = 64 * 1024 * 1024
     # Bytes read per pread: 16 blocks.
     CAP = 16 * 65536
     DIGEST = 16
@@ -220,7 +222,7 @@ def whole_digests(list contents):
         for i in range(n):
             PyObject_GetBuffer(contents[i], &views[i], PyBUF_SIMPLE)
             got += 1
-            if views[i].len > 64 * 1024 * 1024:
+            if views[i].len > SEGMENT:
                 raise ValueError("whole_digests: a content longer than a segment")
         with nogil:
             for i in range(n):
@@ -251,7 +253,7 @@ def file_digests(int dir_fd, list names, Py_ssize_t cap):
     cdef int fd
     cdef ssize_t k
     cdef size_t got
-    if cap < 0 or cap > 64 * 1024 * 1024:
+    if cap < 0 or cap > SEGMENT:
         raise ValueError("file_digests: cap is at most one segment")
     buf = <uint8_t *>calloc(<size_t>cap + 1, 1)
     try:

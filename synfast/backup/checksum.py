@@ -34,7 +34,7 @@ import errno
 import hashlib
 import os
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from synfast import workers
@@ -123,6 +123,12 @@ def checksum_fd(fd: int, algorithm: str = CHECKSUM_ALGORITHM) -> str:
         digests = [b""] * len(segments)
         for i, f in enumerate(futures):
             digests[i::threads] = f.result()
+    return _file_checksum(new, digests, size)
+
+
+def _file_checksum(new: Callable[[], Any], digests: Iterable[bytes], size: int) -> str:
+    """The file's checksum from its segments' digests, in order: ``S`` +
+    each digest, then ``E`` + the file's size."""
     h = new()
     for d in digests:
         h.update(b"S" + d)
@@ -145,10 +151,7 @@ def checksum_contents(contents: list[memoryview], algorithm: str = CHECKSUM_ALGO
     for data in contents:
         s = _Segment(0, new)
         s.data(0, data)
-        h = new()
-        h.update(b"S" + s.finish(len(data)))
-        h.update(b"E" + _U64.pack(len(data)))
-        out.append(h.hexdigest())
+        out.append(_file_checksum(new, [s.finish(len(data))], len(data)))
     return out
 
 
@@ -160,13 +163,14 @@ def checksum_small_files(directory: str | os.PathLike[str], names: list[str],
     and hashed in one native call: verify's per-file cost for a tree of small
     files.  Files larger than :data:`synfast.files.small.SMALL_MAX` are
     hashed by :func:`checksum_file`."""
-    raw = [os.fsencode(n) for n in names]
+    got: list[str | int]
     if algorithm == XXH3:
         from synfast.backup import _hash
 
         fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            got: list = _hash.file_digests(fd, raw, SMALL_MAX)
+            got = [r.hex() if isinstance(r, bytes) else r for r in
+                   _hash.file_digests(fd, [os.fsencode(n) for n in names], SMALL_MAX)]
         finally:
             os.close(fd)
     else:
@@ -180,11 +184,11 @@ def checksum_small_files(directory: str | os.PathLike[str], names: list[str],
                 got.append(err.errno or errno.EIO)
                 continue
             got.append(errno.EFBIG if len(data) > SMALL_MAX else
-                       bytes.fromhex(checksum_contents([memoryview(data)], algorithm)[0]))
+                       checksum_contents([memoryview(data)], algorithm)[0])
     out: list[str | OSError] = []
     for name, r in zip(names, got, strict=True):
-        if isinstance(r, bytes):
-            out.append(r.hex())
+        if isinstance(r, str):
+            out.append(r)
         elif r == errno.EFBIG:
             try:
                 out.append(checksum_file(os.path.join(directory, name), algorithm))
@@ -379,9 +383,7 @@ class StreamChecksum:
         every future :meth:`data` returned must be done."""
         if size < self.pos:
             raise ValueError("stream checksum given more bytes than the file's size")
-        whole = self.new()
-        for index in range(max(1, -(-size // SEGMENT))):
-            seg = self.segments.get(index) or self.segment(index * SEGMENT)
-            whole.update(b"S" + seg.finish(min(size, (index + 1) * SEGMENT)))
-        whole.update(b"E" + _U64.pack(size))
-        return whole.hexdigest()
+        return _file_checksum(self.new, (
+            (self.segments.get(index) or self.segment(index * SEGMENT)).finish(
+                min(size, (index + 1) * SEGMENT))
+            for index in range(max(1, -(-size // SEGMENT)))), size)

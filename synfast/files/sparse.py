@@ -321,17 +321,13 @@ def copy_small(src_dir: int, dst_dir: int, names: list[bytes], expected: bytes, 
                ) -> tuple[bytes, bytes | None, tuple[int, int, int] | None]:
     """The native batch copy of small dense files (``_sparse.copy_small``; the
     policy around it is :func:`synfast.files.small.copy_batch`).  ``expected``
-    holds :data:`SMALL_FIELDS` native int64 per file: size, mtime and atime
-    (ns), mode, uid, gid.  Owners are given only as root."""
+    holds six native int64 per file: size, mtime and atime (ns), mode, uid,
+    gid.  Owners are given only as root."""
     from synfast.files import _sparse
 
     flags = ((_sparse.PRESERVE | (_sparse.CHOWN if IS_ROOT else 0) if preserve else 0)
              | (_sparse.FSYNC if fsync else 0))
     return _sparse.copy_small(src_dir, dst_dir, names, expected, flags, keep_data)
-
-
-#: int64 fields per file in :func:`copy_small`'s ``expected``.
-SMALL_FIELDS = 6
 
 
 #: How :func:`copy_ranges` may share blocks with the source: never, or one

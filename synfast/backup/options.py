@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field
 
 from synfast.errors import UsageError
-from synfast.lmdb.engines import check_engine
+from synfast.lmdb import check_engine
 
 #: Directory names skipped at any depth unless ``include_tmp`` (as the Synapse tool does).
 DEFAULT_SKIP_DIRS = ("tmp", "backups")

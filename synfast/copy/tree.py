@@ -20,14 +20,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from synfast import workers
 from synfast.copy.walk import Entry, Plan, deepest_first, inside, plan
 from synfast.errors import DestinationExists, SourceMissing, UsageError
 from synfast.files import durable, small
 from synfast.files import sparse as files
-from synfast.lmdb.engines import EnvironmentCopier, check_engine
-from synfast.lmdb.env import EnvCopyResult
+from synfast.lmdb import check_engine
+
+if TYPE_CHECKING:
+    from synfast.lmdb.engines import EnvironmentCopier
+    from synfast.lmdb.env import EnvCopyResult
 
 #: Files below this many bytes on disk are copied one after another by one
 #: worker (see :func:`synfast.workers.run_all`).
@@ -195,7 +199,10 @@ class _Copier:
         self.plan, self.tmp, self.report = the_plan, tmp, report
         self.reflink, self.sparse, self.cfr = reflink, sparse, cfr
         self.fsync, self.preserve = fsync, preserve
-        self.envs = EnvironmentCopier(engine, together=False, destination=tmp, reflink=reflink)
+        self.engine = engine
+        # Made when the plan holds an environment: a copy of plain files does
+        # not load the LMDB engines (about 9 ms of every such command's start).
+        self.envs: EnvironmentCopier | None = None
         # What the copies made in batches allocate (each batch reports it).
         self.batched_allocated = 0
 
@@ -223,7 +230,7 @@ class _Copier:
             self.do_file(by_rel[rel])
 
     def do_env(self, e: Entry) -> None:
-        assert e.env is not None
+        assert e.env is not None and self.envs is not None
         out = _target(self.tmp, e.rel)
         result = self.envs.copy(e.rel, e.env, out, _target(self.report.destination, e.rel),
                                 mode=e.st.st_mode)
@@ -253,12 +260,20 @@ class _Copier:
         def do(item: Entry | list[Entry]) -> None:
             dispatch(item, batch=self.do_batch, env=self.do_env, file=self.do_file)
 
+        envs = [(e.rel, e.env) for e in work if e.env is not None]
+        if envs:
+            from synfast.lmdb.engines import EnvironmentCopier
+
+            self.envs = EnvironmentCopier(self.engine, together=False, destination=self.tmp,
+                                          reflink=self.reflink)
         try:
-            self.envs.prepare([(e.rel, e.env) for e in work if e.env is not None])
+            if self.envs is not None:
+                self.envs.prepare(envs)
             workers.run_all(do, items, workers.default_workers(jobs), "synfast-copy",
                             serial=is_serial, cancel=workers.Cancel())
         finally:
-            self.envs.close()
+            if self.envs is not None:
+                self.envs.close()
         return work
 
     def copy_links(self) -> None:

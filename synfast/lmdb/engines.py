@@ -43,33 +43,12 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from synfast.errors import UsageError
 from synfast.files.sparse import shares_blocks
+from synfast.lmdb import SNAPSHOT_ENGINES, check_engine
 from synfast.lmdb.env import EnvCopyResult, copy_environment, require_reader_slot
 from synfast.lmdb.meta import EnvLocation, read_meta
 from synfast.lmdb.pages import copy_pages
 from synfast.lmdb.snapshot import Snapshot, begin_together, open_snapshot, rebuild_data_file
-
-#: The engines, in the order the command line lists them, and what each does.
-ENGINES: dict[str, str] = {
-    "auto": "pages where the destination shares blocks with the source; else rebuild where "
-            "it saves 10% or more, else compact (a backup: rebuild, one moment)",
-    "rebuild": "native, in key order, full pages: the smallest output",
-    "compact": "mdb_env_copyfd2 with compaction: reachable pages only, renumbered",
-    "raw": "mdb_env_copyfd2 without compaction: every page up to the last, numbers kept",
-    "pages": "page for page from one snapshot: numbers kept, free pages as holes, "
-             "blocks shared on reflink filesystems",
-}
-
-#: The engines that copy from snapshots begun together (one moment).
-SNAPSHOT_ENGINES = ("rebuild", "pages")
-
-
-def check_engine(name: str) -> str:
-    """``name`` if it is an engine, else a usage error that lists them."""
-    if name not in ENGINES:
-        raise UsageError(None, f"--lmdb-engine takes {', '.join(ENGINES)}, not {name!r}")
-    return name
 
 
 class EnvironmentCopier:

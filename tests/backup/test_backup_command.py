@@ -15,8 +15,8 @@ import pytest
 
 from synfast.backup import checksum as cks
 from synfast.backup import hooks, manifest, partials, retention
+from synfast.lmdb import ENGINES
 from synfast.lmdb import meta as lmdbmeta
-from synfast.lmdb.engines import ENGINES
 from tests.backup.service import ENVS, backup_ok, service
 from tests.conftest import (
     IS_ROOT,

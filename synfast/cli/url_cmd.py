@@ -69,7 +69,9 @@ def probe_command(
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Connect to URL, handshake, and show the peer's chain, TLS version, cipher and the
-    verification result. Exit 1 when the connection or verification fails."""
+    verification result. Exit 1 when the connection or verification fails, or, before
+    connecting, when URL asks for a client certificate (a user without a password, or
+    certname=) that the certdir does not have: the error names the command that makes it."""
     from synfast.cli._render import fail, print_json
     from synfast.tls.probe import probe
 

@@ -24,7 +24,9 @@ From a URL to a context
     certificates of that CA, honouring its CRL.  On a client, the CAs of the
     certdir are trusted (or only the server certificate pinned by ``certhash=``),
     and the user certificate named by ``certname=``, or found for
-    ``USER@HOSTNAME`` and each parent domain, is presented.  Both sides use TLS
+    ``USER@HOSTNAME`` and each parent domain, is presented; a URL that asks for
+    one the certdir lacks is refused before any connection, as Synapse's client
+    refuses it, with the ``easycert`` command that makes it.  Both sides use TLS
     1.2 at least, forward-secret key exchange only and no renegotiation, and
     OpenSSL checks the server name against the certificate, without DNS.
 
@@ -43,7 +45,8 @@ Modules, lower first (a module imports only modules above it in this list):
     x509     loading PEM/DER certificates, keys, CRLs and CSRs; keys, names,
              fingerprints; the certificate and CSR profiles
     store    CertStore: a certdir's paths, listing, loading, and writing into it
-             (through synfast.files.durable)
+             (through synfast.files.durable); the certificate a URL asks for,
+             or the error saying how to make it
     crl      gen_crl, revoke, is_revoked; a CRL fit for a listener; revoked serials
     issue    making CA, host, user and code certificates, CSRs, signing CSRs,
              p12 bundles, importing files

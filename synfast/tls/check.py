@@ -3,7 +3,8 @@
 As a listener's URL: the host certificate of each ``hostname`` (verified as
 :func:`synfast.tls.inspect.verify` does), the ``ca=`` CA and its CRL (present,
 signed by the CA, not out of date).  As a client's: the server name, the CAs to
-trust or the ``certhash`` pin, and the user certificate the client would present.
+trust or the ``certhash`` pin, and the user certificate the client would present
+(missing when the URL asks for one: a failure, as the connection would fail).
 Nothing here makes a TLS context, so ``ssl`` is not imported.
 """
 
@@ -17,7 +18,6 @@ from synfast.tls.url import (
     TlsUrl,
     UrlError,
     as_url,
-    client_cert_candidates,
     normalize_certhash,
     require_ssl,
     server_hostname,
@@ -93,26 +93,20 @@ def _client_checks(u: TlsUrl, store: CertStore) -> list[Check]:
         cas = store.names("ca")
         checks.append(Check("trusted CAs", bool(cas), ", ".join(cas) if cas
                             else f"no CA certificate in {store.path / 'cas'}"))
-    try:
-        candidates = client_cert_candidates(u)
-    except UrlError as err:
-        checks.append(Check("client certificate", False, err.message))
-        return checks
-    checks += _client_cert_checks(u, store, candidates)
+    checks += _client_cert_checks(u, store)
     return checks
 
 
-def _client_cert_checks(u: TlsUrl, store: CertStore, candidates: list[str]) -> list[Check]:
-    """The user certificate the client would present: the first candidate with both files."""
-    for cand in candidates:
-        try:
-            if store.cert_path("user", cand).is_file() and store.key_path("user", cand).is_file():
-                return _report(store, "user", cand)
-        except CertError:
-            continue
-    if "certname" in u.query:
-        return [Check("client certificate", False,
-                      f"certname={u.query['certname']}: not found in {store.path / 'users'}")]
-    tried = ", ".join(candidates) if candidates else "none to look for"
-    return [Check("client certificate", True, f"none presented (looked for: {tried})",
-                  warning=True)]
+def _client_cert_checks(u: TlsUrl, store: CertStore) -> list[Check]:
+    """The user certificate the client would present, found as a connection finds it
+    (:meth:`CertStore.user_cert_for`): one the URL asks for and the certdir lacks is a
+    failure with the same words, since the connection would be refused the same way."""
+    try:
+        name = store.user_cert_for(u)
+    except (CertError, UrlError) as err:
+        return [Check("client certificate", False, str(err))]
+    if name is None:
+        return [Check("client certificate", True,
+                      "none presented (no certname=, and no user without a password)",
+                      warning=True)]
+    return _report(store, "user", name)

@@ -5,11 +5,12 @@ for a listener (``hosts/NAME.crt|key`` for each ``hostname``, one per name by SN
 ``ca=`` requires client certificates of that CA and loads its CRL) and
 :func:`client_context` for a client (trust the certdir's CAs, or only the
 ``certhash`` pin; present the user certificate named by ``certname`` or found
-for ``USER@HOSTNAME``).  The policy is docs/reference/synapse-compat.md ("TLS policy"):
-TLS 1.2 at least, ECDHE/DHE key exchange only (never RSA key transport, so a
-stolen key does not decrypt recorded traffic), renegotiation off, server names
-checked by OpenSSL against the certificate (no DNS involved), trust from the
-certdir's CAs.
+for ``USER@HOSTNAME`` or a parent domain, and refuse, before any connection
+exists, a URL that asks for a user certificate the certdir does not have).  The
+policy is docs/reference/synapse-compat.md ("TLS policy"): TLS 1.2 at least,
+ECDHE/DHE key exchange only (never RSA key transport, so a stolen key does not
+decrypt recorded traffic), renegotiation off, server names checked by OpenSSL
+against the certificate (no DNS involved), trust from the certdir's CAs.
 
 Two checks OpenSSL cannot express as context settings are made right after each
 handshake by the socket classes of :class:`ClientContext`: the ``certhash`` pin
@@ -25,6 +26,7 @@ same contexts for any scheme (what :mod:`synfast.tls.probe` has always used).
 from __future__ import annotations
 
 import hmac
+import shlex
 import ssl
 
 from synfast.tls.crl import revoked_serials, usable_crl
@@ -34,7 +36,6 @@ from synfast.tls.url import (
     TlsUrl,
     UrlError,
     as_url,
-    client_cert_candidates,
     normalize_certhash,
     require_ssl,
     server_hostname,
@@ -58,6 +59,11 @@ def _harden(ctx: ssl.SSLContext) -> None:
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
     ctx.set_ciphers(CIPHERS)
+
+
+def _quoted(cd: CertStore) -> str:
+    """The certdir as a shell word, for the commands that error messages suggest."""
+    return shlex.quote(str(cd.path))
 
 
 def _load_pair(ctx: ssl.SSLContext, cd: CertStore, kind: str, name: str) -> None:
@@ -101,8 +107,12 @@ def make_server_context(u: TlsUrl, certdir: CertDirLike = None) -> ssl.SSLContex
         cafile = cd.cert_path("ca", ca)
         if not cafile.is_file():
             raise CertError(cafile, f"CA {ca!r} given by ca= is not in the certdir",
-                            f"make it with `synfast easycert --ca {ca}` or import it")
+                            f"make it with `synfast easycert --certdir {_quoted(cd)} --ca {ca}`"
+                            " or import it")
         crlfile = usable_crl(cd, ca)
+
+    for name in names:  # every missing file named, with its fix, before anything binds
+        cd.host_cert_for(name)
 
     def make(name: str) -> ssl.SSLContext:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -193,7 +203,11 @@ def client_context(url: str | TlsUrl, certdir: CertDirLike = None) -> ClientCont
     Trusts the CAs of the certdir (or, with ``certhash``, only the server
     certificate with that SHA-256 fingerprint, checked on every handshake made
     with this context); presents the user certificate named by ``certname`` or
-    found for ``USER@HOSTNAME``.  Wrap sockets with
+    found for ``USER@HOSTNAME`` or a parent domain.  A URL that asks for a user
+    certificate (``certname``, or a user without a password) that the certdir
+    lacks raises :class:`~synfast.tls.layout.CertError` naming the names looked
+    for and the ``synfast easycert`` command that makes it: as with Synapse's
+    client, it is never sent without one.  Wrap sockets with
     ``server_hostname=server_hostname(url)`` so the name is checked against
     ``hostname`` (else HOST); :func:`synfast.tls.probe.connect` does it for you.
     """
@@ -220,8 +234,8 @@ def make_client_context(u: TlsUrl, certdir: CertDirLike = None, *,
         cas = cd.names("ca")
         if not cas:
             raise CertError(cd.path / "cas", "no CA certificate to trust the server by",
-                            "import the server's CA with `synfast easycert --importfile cas "
-                            "CA.crt`, or pin it with ?certhash=")
+                            "import the server's CA with `synfast easycert --certdir "
+                            f"{_quoted(cd)} --importfile cas CA.crt`, or pin it with ?certhash=")
         for name in cas:
             try:
                 ctx.load_verify_locations(cafile=str(cd.cert_path("ca", name)))
@@ -230,21 +244,10 @@ def make_client_context(u: TlsUrl, certdir: CertDirLike = None, *,
                                 "remove or replace it") from None
         ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
         ctx.revoked = revoked_serials(cd, cas)
-    names = client_cert_candidates(u)
-    explicit = "certname" in u.query
-    for name in names:
-        try:
-            crt, key = cd.cert_path("user", name), cd.key_path("user", name)
-        except CertError:
-            if explicit:
-                raise
-            continue
-        if crt.is_file() and key.is_file():
-            _load_pair(ctx, cd, "user", name)
-            ctx.certname = name
-            break
-        if explicit:
-            missing = crt if not crt.is_file() else key
-            raise CertError(missing, f"certname={name}: {missing.name} not found",
-                            f"make it with `synfast easycert --signas CA {name}`")
+    # Before any socket exists: a URL that asks for a user certificate the certdir
+    # lacks is refused here, as Synapse refuses it, never sent without one.
+    name = cd.user_cert_for(u)
+    if name is not None:
+        _load_pair(ctx, cd, "user", name)
+        ctx.certname = name
     return ctx

@@ -36,7 +36,12 @@ def _family(host: str) -> socket.AddressFamily:
 
 def connect(url: str | TlsUrl, certdir: CertDirLike = None, *, timeout: float = 10.0,
             context: ssl.SSLContext | None = None) -> ssl.SSLSocket:
-    """Open a TLS connection to ``url`` with its client policy; the caller closes it."""
+    """Open a TLS connection to ``url`` with its client policy; the caller closes it.
+
+    The context is made before the socket, so a URL asking for a user
+    certificate the certdir lacks raises :class:`~synfast.tls.layout.CertError`
+    without touching the network.
+    """
     u = as_url(url)
     ctx = context or make_client_context(u, certdir)
     name = server_hostname(u)
@@ -120,6 +125,11 @@ def probe(url: str | TlsUrl, certdir: CertDirLike = None, *,
     to show what the server presents.  After the handshake it waits briefly for
     the server's first words: under TLS 1.3 a server rejects a client
     certificate only after the client thinks the handshake is done.
+
+    What is wrong before any connection, the URL or the certdir (a user
+    certificate the URL asks for and the certdir lacks, no CA to trust), raises
+    a :class:`~synfast.errors.SynfastError` instead of being reported in the
+    result: there is no peer to describe, and the error says how to fix it.
     """
     u = as_url(url)
     require_ssl(u)

@@ -2,7 +2,8 @@
 
 :class:`CertStore` knows where each file of a certdir is, loads certificates
 and keys by kind and name (a CA only with the key that matches it), finds the CA
-of the certdir that issued a certificate, and writes files into the certdir:
+of the certdir that issued a certificate, finds the user certificate a client
+URL presents (:meth:`CertStore.user_cert_for`), and writes files into the certdir:
 new files all or none, never replacing a name (:meth:`CertStore.write_new`),
 and a CRL atomically in place of the old one (:meth:`CertStore.write_replacing`).
 Both go through :mod:`synfast.files.durable`; directories are created 0700.
@@ -15,8 +16,10 @@ gathers them as methods.
 from __future__ import annotations
 
 import os
+import shlex
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from cryptography import x509
 
@@ -31,6 +34,7 @@ from synfast.tls.layout import (
     kind_name,
     validate_name,
 )
+from synfast.tls.url import TlsUrl, client_cert_candidates
 from synfast.tls.x509 import (
     common_name,
     is_ca,
@@ -127,6 +131,118 @@ class CertStore:
             if ca.subject == cert.issuer and signed_by(cert, ca):
                 return name
         return None
+
+    # -- the certificates a URL asks for -----------------------------------
+    def user_cert_for(self, url: TlsUrl) -> str | None:
+        """The user certificate a client of ``url`` presents, or None if it asks for none.
+
+        A URL asks for one with ``certname=NAME``, or with a user and no password
+        (who has nothing else to authenticate with): then the first of
+        ``USER@HOSTNAME`` and ``USER@`` each parent domain whose ``.crt`` and
+        ``.key`` are both in ``users/`` is the one.  When the URL asks for a
+        certificate that is not there, :class:`CertError` names what was looked
+        for, where, and the ``synfast easycert`` command that makes it, before
+        anything is sent on the network: Synapse's client refuses the same way
+        (``NoSuchCert``), and connecting without it would only earn the server's
+        refusal, or an anonymous session nobody asked for.
+
+        It is the store's so that :mod:`synfast.tls.context`, which makes the
+        context, and :mod:`synfast.tls.check`, which must not import ``ssl``,
+        share one lookup and one wording.
+        """
+        names = client_cert_candidates(url)
+        if not names:
+            return None
+        explicit = "certname" in url.query
+        valid: list[str] = []
+        keyless = None
+        first_error = None
+        for name in names:
+            try:
+                crt, key = self.cert_path("user", name), self.key_path("user", name)
+            except CertError as err:  # a name too long (or else unfit) to be a file name
+                if explicit:
+                    raise
+                first_error = first_error or err
+                continue
+            valid.append(name)
+            if crt.is_file() and key.is_file():
+                return name
+            if crt.is_file() and keyless is None:
+                keyless = name
+        if keyless is not None:
+            key = self.key_path("user", keyless)
+            raise CertError(key, f"users/{keyless}.crt is here but not its private key",
+                            "import the key with `synfast easycert --certdir "
+                            f"{shlex.quote(str(self.path))} --importfile users "
+                            f"{shlex.quote(key.name)}`")
+        if not valid and first_error is not None:
+            raise first_error  # no candidate can even be a file name: say why
+        if explicit:
+            self._missing("user", valid[0], f"certname={valid[0]}")
+        self._missing("user", valid[0], f"no client certificate for user {url.user}: "
+                      f"looked for {', '.join(valid)}", dir_only=True,
+                      also="or name another one with ?certname=NAME")
+
+    def host_cert_for(self, name: str) -> str:
+        """``name`` if ``hosts/NAME.crt`` and its key are here, else a :class:`CertError`
+        with the command that makes them: what a listener checks before it binds."""
+        crt, key = self.cert_path("host", name), self.key_path("host", name)
+        if not crt.is_file():
+            self._missing("host", name, f"hostname={name}")
+        if not key.is_file():
+            raise CertError(key, f"hosts/{name}.crt is here but not its private key",
+                            "import the key with `synfast easycert --certdir "
+                            f"{shlex.quote(str(self.path))} --importfile hosts "
+                            f"{shlex.quote(key.name)}`")
+        return name
+
+    def _missing(self, kind: str, name: str, what: str, *, dir_only: bool = False,
+                 also: str = "") -> NoReturn:
+        """Raise the error of a missing ``kind/NAME`` certificate, with how to make it."""
+        crt = self.cert_path(kind, name)
+        where = crt.parent if dir_only else crt
+        message = what if dir_only else f"{what}: {crt.name} not found"
+        hint = self.how_to_make(kind, name)
+        raise CertError(where, message, f"{hint}; {also}" if also else hint)
+
+    def how_to_make(self, kind: str, name: str) -> str:
+        """The ``synfast easycert`` commands that put ``kind/NAME`` (host or user) here.
+
+        Signed by the certdir's CA when exactly one CA has its key here; with
+        several, the command says ``--signas CA`` and names them; with none, the
+        certificate must come from elsewhere: a CSR to be signed by the CA that
+        the peers trust, then imported.  A key already waiting for its
+        certificate (from ``--csr``) is not made again: ``easycert`` would refuse
+        to overwrite it.
+        """
+        kind = kind_name(kind)
+        flag = {"host": "--server ", "user": ""}[kind]
+        d = shlex.quote(str(self.path))
+        q = shlex.quote(name)
+        sub = kind_dir(kind)
+        signers = [ca for ca in self.names("ca") if self.key_path("ca", ca).is_file()]
+        importing = (f"`synfast easycert --certdir {d} --importfile {sub} "
+                     f"{shlex.quote(name + '.crt')}`")
+        if self.key_path(kind, name).is_file():
+            csr = self.file(kind, name, "csr")
+            if not csr.is_file():
+                return f"{sub}/{name}.key waits for its certificate: import it with {importing}"
+            if len(signers) == 1:
+                return (f"its key waits for a certificate: sign {sub}/{name}.csr with "
+                        f"`synfast easycert --certdir {d} --sign-csr {flag}--signas "
+                        f"{signers[0]} {shlex.quote(str(csr))}`")
+            return (f"its key waits for a certificate: have {sub}/{name}.csr signed by the "
+                    f"CA, then import it with {importing}")
+        if len(signers) == 1:
+            return f"make it with `synfast easycert --certdir {d} {flag}{q} --signas {signers[0]}`"
+        peer = "its clients trust" if kind == "host" else "the server trusts"
+        if signers:
+            return (f"make it with `synfast easycert --certdir {d} {flag}{q} --signas CA`, "
+                    f"CA being whichever of {', '.join(signers)} {peer}")
+        return (f"no CA key here to sign it: request it with `synfast easycert --certdir {d} "
+                f"--csr {flag}{q}`, have {sub}/{name}.csr signed by the CA {peer}, "
+                f"then import the certificate with {importing}")
 
     # -- writing -----------------------------------------------------------
     def _ensure_dir(self, kind: str) -> Path:

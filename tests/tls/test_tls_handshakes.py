@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from synfast.tls.certdir import CertDir
 from synfast.tls.context import client_context, server_context
 from synfast.tls.layout import CertError
-from synfast.tls.probe import ServeEvent, connect, serve
+from synfast.tls.probe import ServeEvent, connect, probe, serve
 from synfast.tls.url import UrlError
 from synfast.tls.x509 import fingerprint, load_cert_file
 
@@ -239,3 +239,115 @@ def test_context_errors_name_the_missing_file(cd: CertDir, tmp_path) -> None:
         server_context("tcp://0.0.0.0/", cd.path)
     with pytest.raises(CertError, match="'/'"):
         server_context("ssl://0.0.0.0/?hostname=../../etc/x", cd.path)
+
+
+# -- a URL that asks for a client certificate the certdir does not have ----------------
+
+def never_accepted() -> socket.socket:
+    """A loopback listener nobody accepts on: any TCP connection made to it waits in its
+    backlog, where a non-blocking ``accept`` finds it."""
+    lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(8)
+    lsock.setblocking(False)
+    return lsock
+
+
+def connections_waiting(lsock: socket.socket) -> int:
+    n = 0
+    while True:
+        try:
+            conn, _ = lsock.accept()
+        except BlockingIOError:
+            return n
+        conn.close()
+        n += 1
+
+
+def test_user_without_certificate_is_refused_before_any_connection(cd: CertDir) -> None:
+    with never_accepted() as lsock:
+        port = lsock.getsockname()[1]
+        url = f"ssl://bob@127.0.0.1:{port}/?hostname={H1}"
+        for attempt in (lambda: client_context(url, cd), lambda: connect(url, cd, timeout=1),
+                        lambda: probe(url, cd, timeout=1)):
+            with pytest.raises(CertError) as exc:
+                attempt()
+            text = str(exc.value)
+            assert "\n" not in text
+            assert text.startswith(f"{cd.path / 'users'}: no client certificate for user bob: "
+                                   f"looked for bob@{H1}, bob@vertex.link, bob@link (")
+            # two CAs with their keys here: the command says which to choose from
+            assert (f"`synfast easycert --certdir {cd.path} bob@{H1} --signas CA`, CA being "
+                    "whichever of other, vertex the server trusts") in text
+        assert connections_waiting(lsock) == 0
+        # the check itself: a plain connection is seen
+        socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT).close()
+        assert connections_waiting(lsock) == 1
+
+
+def test_user_without_certificate_never_reaches_a_real_server(cd: CertDir) -> None:
+    # serve handles one connection and stops: had bob's attempts connected, the one
+    # event would be bob's rejection and visi's connection would find no server.
+    srv = Server(f"ssl://127.0.0.1:0/?hostname={H1}&ca=vertex", cd, count=1)
+    base = f"127.0.0.1:{srv.port}/?hostname={H1}"
+    with pytest.raises(CertError, match="no client certificate for user bob"):
+        probe(f"ssl://bob@{base}", cd, timeout=TIMEOUT)
+    with pytest.raises(CertError, match="no client certificate for user bob"):
+        talk(f"ssl://bob@{base}", cd)
+    # a parent domain's certificate is still the one: visi@vertex.link for h1.vertex.link
+    assert talk(f"ssl://visi@{base}", cd)[0] == "client-cert: visi@vertex.link\n"
+    (ev,) = srv.join()
+    assert ev.ok and ev.client == "visi@vertex.link"
+
+
+def test_urls_asking_for_no_certificate_still_connect_without_one(cd: CertDir) -> None:
+    srv = Server(f"ssl://127.0.0.1:0/?hostname={H1}", cd, count=2)
+    base = f"127.0.0.1:{srv.port}/?hostname={H1}"
+    assert talk(f"ssl://{base}", cd)[0] == "client-cert: none\n"          # no user
+    assert talk(f"ssl://bob:pw@{base}", cd)[0] == "client-cert: none\n"   # a password
+    assert [(e.ok, e.client) for e in srv.join()] == [(True, None)] * 2
+
+
+def test_missing_user_certificate_says_how_to_make_it(tmp_path) -> None:
+    own = CertDir(tmp_path / "c")
+    url = "ssl://bob@h.example.org/?certhash=" + "0" * 64
+    # no CA key here: a request to be signed elsewhere, then an import
+    with pytest.raises(CertError) as exc:
+        client_context(url, own)
+    assert (f"`synfast easycert --certdir {own.path} --csr bob@h.example.org`, have "
+            "users/bob@h.example.org.csr signed by the CA the server trusts, then import the "
+            f"certificate with `synfast easycert --certdir {own.path} --importfile users "
+            "bob@h.example.org.crt`") in str(exc.value)
+    # one CA key: the command that makes it
+    own.ca("ca", key_type="ecdsa-p256")
+    with pytest.raises(CertError) as exc:
+        client_context(url, own)
+    assert f"`synfast easycert --certdir {own.path} bob@h.example.org --signas ca`" \
+        in str(exc.value)
+    # a key waiting for its certificate is not made again: its CSR is signed
+    own.csr("user", "bob@h.example.org", key_type="ecdsa-p256")
+    with pytest.raises(CertError) as exc:
+        client_context(url, own)
+    csr = own.path / "users/bob@h.example.org.csr"
+    assert f"`synfast easycert --certdir {own.path} --sign-csr --signas ca {csr}`" \
+        in str(exc.value)
+    # a certificate without its key names the key
+    own.sign_csr("user", csr, "ca")
+    (own.path / "users/bob@h.example.org.key").rename(tmp_path / "bob.key")
+    with pytest.raises(CertError, match=r"users/bob@h\.example\.org\.key: users/bob@h\.example"
+                       r"\.org\.crt is here but not its private key \(import the key with"):
+        client_context(url, own)
+    (tmp_path / "bob.key").rename(own.path / "users/bob@h.example.org.key")
+    assert client_context(url, own).certname == "bob@h.example.org"
+    # certname= is exact, and says the same
+    with pytest.raises(CertError, match=r"certname=ghost: ghost\.crt not found \(make it with "
+                       r"`synfast easycert --certdir \S+ ghost --signas ca`\)"):
+        client_context(url + "&certname=ghost", own)
+
+
+def test_listener_without_host_certificate_says_how_to_make_it(cd: CertDir) -> None:
+    with pytest.raises(CertError) as exc:
+        server_context("ssl://127.0.0.1:0/?hostname=nope.vertex.link", cd)
+    assert str(exc.value).startswith(f"{cd.path / 'hosts/nope.vertex.link.crt'}: hostname=")
+    assert (f"`synfast easycert --certdir {cd.path} --server nope.vertex.link --signas CA`"
+            in str(exc.value))

@@ -4,6 +4,7 @@ process, talked to by ``openssl s_client`` and by ``synfast url probe``."""
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -93,6 +94,37 @@ def test_url_probe_against_url_serve(certdir: Path, capsys) -> None:
     assert code == 1 and "verification: FAILED" in out
     assert "chain[0] (peer): CN=h1.vertex.link" in out  # shown although not trusted
     srv.finish()
+
+
+def test_url_probe_of_a_user_without_certificate(certdir: Path, capsys) -> None:
+    """One line naming the user, the names and directory searched and the command that
+    makes the certificate; exit 1; and nothing reaches the server: ``url serve`` logs
+    every connection, and with ``--count 1`` the first one would be its last."""
+    srv = Serve(certdir, "ssl://127.0.0.1:0/?hostname=h1.vertex.link&ca=vertex", count=1)
+    url = f"ssl://bob@127.0.0.1:{srv.port}/?hostname=h1.vertex.link"
+    fix = f"synfast easycert --certdir {shlex.quote(str(certdir))} bob@h1.vertex.link " \
+        "--signas vertex"
+    for extra in ([], ["--json"]):
+        code, out, err = run(capsys, "url", "probe", "--certdir", str(certdir),
+                             "--timeout", "5", *extra, url)
+        assert (code, out) == (1, "")
+        assert one_error_line(err) == (
+            f"synfast: error: {certdir / 'users'}: no client certificate for user bob: looked "
+            "for bob@h1.vertex.link, bob@vertex.link, bob@link (make it with "
+            f"`{fix}`; or name another one with ?certname=NAME)")
+    # `url check` fails the same way, with the same words
+    code, out, err = run(capsys, "url", "check", "--certdir", str(certdir), url)
+    assert code == 1 and f"FAIL  client certificate: {certdir / 'users'}: no client" in out
+    assert f"`{fix}`" in one_error_line(err)
+    # the command, run as printed (with a quicker key), is the fix
+    argv = shlex.split(fix)
+    assert argv[0] == "synfast"
+    assert run(capsys, *argv[1:], "--key-type", "ecdsa-p256")[0] == 0
+    code, out, err = run(capsys, "url", "probe", "--certdir", str(certdir), "--timeout", "5",
+                         url)
+    assert code == 0 and "server said: client-cert: bob@h1.vertex.link" in out, err
+    (line,) = srv.finish()
+    assert line.startswith("accepted ") and "client=bob@h1.vertex.link" in line
 
 
 @pytest.mark.parametrize("argv", [["certs", "list"], ["certs", "verify"], ["url", "parse"],

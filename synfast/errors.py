@@ -35,10 +35,20 @@ class SynfastError(Exception):
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM (what systemd and Kubernetes send), raised in the main thread where
-    Ctrl-C raises ``KeyboardInterrupt``, so that everything that cleans up after
-    Ctrl-C cleans up after SIGTERM too.  The command line installs the handler
-    that raises it; a program that embeds the API keeps its own signal policy."""
+    """SIGTERM (what systemd and Kubernetes send) or SIGHUP (a closed terminal),
+    raised in the main thread where Ctrl-C raises ``KeyboardInterrupt``, so that
+    everything that cleans up after Ctrl-C cleans up after them too.  The
+    command line installs the handler that raises it and exits 128 + the
+    signal's number (143, 129); a program that embeds the API keeps its own
+    signal policy."""
+
+    def __init__(self, signum: int = 15) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
 
 
 class UsageError(SynfastError):

@@ -36,8 +36,9 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-#: The signals that must reach the main thread.
-SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
+#: The signals that must reach the main thread (the command line turns SIGTERM
+#: and SIGHUP into :class:`synfast.errors.Terminated`).
+SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
 
 
 class Cancelled(Exception):
@@ -69,8 +70,9 @@ class Cancel:
 
 @contextmanager
 def signals_blocked() -> Iterator[None]:
-    """Block SIGINT and SIGTERM in the calling thread for the body, so that a
-    thread started in it inherits them blocked.  A signal that arrives
+    """Block SIGINT, SIGTERM and SIGHUP in the calling thread for the body, so
+    that a thread started in it inherits them blocked, or so that a cleanup is
+    not itself cut short.  A signal that arrives
     meanwhile stays pending and is delivered when the body ends."""
     old = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
     try:
@@ -80,7 +82,7 @@ def signals_blocked() -> Iterator[None]:
 
 
 def start_thread(target: Callable[..., object], name: str, *args: Any) -> threading.Thread:
-    """Start a daemon thread that never receives SIGINT or SIGTERM."""
+    """Start a daemon thread that never receives SIGINT, SIGTERM or SIGHUP."""
     thread = threading.Thread(target=target, args=args, name=name, daemon=True)
     with signals_blocked():
         thread.start()

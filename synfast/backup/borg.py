@@ -37,8 +37,10 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO, Any
 
+from synfast.backup.retention import BackupInfo
 from synfast.errors import SynfastError, UsageError
 
 PREFIX = "borg:"
@@ -304,3 +306,22 @@ def list_archives(target: BorgTarget) -> list[dict]:
              "complete": not a["name"].endswith(PARTIAL)}
             for a in archives
             if a.get("comment") == COMMENT and not a["name"].endswith(".checkpoint")]
+
+
+def backup_infos(target: BorgTarget, *, prefix: str = "") -> list[BackupInfo]:
+    """The complete synfast archives of the repository as backups (oldest first),
+    for ``list --max-age``.  borg keeps no record of ``synfast verify``: an
+    archive counts as not verified."""
+    import datetime
+
+    out = []
+    for a in list_archives(target):
+        if not a["complete"] or not a["name"].startswith(prefix):
+            continue
+        try:
+            when = datetime.datetime.fromisoformat(str(a["time"])).timestamp()
+        except ValueError:
+            continue
+        out.append(BackupInfo(a["name"], Path(target.repo), when, "", 0, 0, None, None))
+    out.sort(key=lambda b: (b.time, b.name))
+    return out

@@ -38,7 +38,9 @@ class BackupOptions:
     even when the backup fails).  ``reflink``: share blocks with the source
     where the filesystem can (``auto``, ``never``, ``always``).
     ``checksum_algorithm``: ``xxh3`` (damage) or ``sha256`` (for manifests
-    that are signed or published).
+    that are signed or published).  ``wait``: seconds to wait for another
+    backup of the same source (or a prune of the same root) to finish; None
+    fails at once (:mod:`synfast.backup.locks`).
     """
 
     lmdb_engine: str = "auto"
@@ -55,6 +57,7 @@ class BackupOptions:
     post_cmd: str | None = None
     reflink: str = "auto"
     checksum_algorithm: str = "xxh3"
+    wait: float | None = None
 
     def check(self) -> BackupOptions:
         """Refuse values that cannot work (exit code 2); return self."""
@@ -68,6 +71,8 @@ class BackupOptions:
             raise UsageError(None, f"--ionice takes idle or low, not {self.ionice!r}")
         if self.bwlimit is not None and not (math.isfinite(self.bwlimit) and self.bwlimit > 0):
             raise UsageError(None, "--bwlimit must be a positive number of MB/s")
+        if self.wait is not None and not (math.isfinite(self.wait) and self.wait >= 0):
+            raise UsageError(None, "--wait must be a number of seconds, 0 or more")
         self.exclude = tuple(self.exclude)
         return self
 

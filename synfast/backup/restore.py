@@ -99,7 +99,7 @@ def restore(
             _check_not_in_use(service)   # again: the service may have started meanwhile
         report.moved_aside = _swap_in(partial, service, fsync=fsync)
     except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
+        durable.remove_unfinished(partial)
         raise
     report.files = sum(1 for e in entries if e["type"] == "file")
     report.environments = len(doc["environments"])
@@ -159,7 +159,7 @@ def restore_stream(stream: IO[bytes], label: str, service_dir: str | os.PathLike
             _check_not_in_use(service)   # again: the service may have started meanwhile
         report.moved_aside = _swap_in(partial, service, fsync=fsync)
     except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
+        durable.remove_unfinished(partial)
         raise
     report.files = doc["totals"].get("files", 0)
     report.environments = len(doc["environments"])

@@ -19,16 +19,18 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from synfast.backup import manifest
+from synfast.backup import locks, manifest
 from synfast.backup.partials import Partial, find_partials
 from synfast.errors import SourceMissing, UsageError
 
 PARTIAL_MAX_AGE = 24 * 3600
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
 @dataclass
@@ -134,12 +136,16 @@ class PruneReport:
 
 def prune(root: str | os.PathLike[str], *, keep_last: int = 0, keep_daily: int = 0,
           keep_weekly: int = 0, keep_monthly: int = 0, prefix: str = "",
-          dry_run: bool = False, now: float | None = None) -> PruneReport:
+          dry_run: bool = False, now: float | None = None,
+          wait: float | None = None) -> PruneReport:
     """Remove the backups under ``root`` that no rule keeps, and stale partials.
 
     At least one rule must be given: pruning with none would remove every backup.
     A backup is removed by deleting its manifest first (so that, if interrupted,
-    it no longer looks complete) and then the directory.
+    it no longer looks complete) and then the directory.  Unless ``dry_run``,
+    the root's lock is held exclusively (:mod:`synfast.backup.locks`): a prune
+    never runs beside a backup into ``root``; ``wait`` seconds are waited for
+    them, or none.
     """
     if min(keep_last, keep_daily, keep_weekly, keep_monthly) < 0:
         raise UsageError(None, "--keep-* counts cannot be negative")
@@ -148,6 +154,22 @@ def prune(root: str | os.PathLike[str], *, keep_last: int = 0, keep_daily: int =
                          "give at least one of --keep-last, --keep-daily, --keep-weekly, "
                          "--keep-monthly")
     r = Path(os.path.abspath(root))
+    if not r.is_dir():
+        raise SourceMissing(r, "is not a directory", "give the directory that holds the backups")
+    if dry_run:
+        return _prune(r, keep_last, keep_daily, keep_weekly, keep_monthly, prefix, dry_run, now)
+
+    def running() -> str:
+        active = [p for p in find_partials(r) if p.active]
+        return "".join(f" (pid {p.pid}: {p.path.name})" for p in active[:3])
+
+    with locks.root_lock(r, exclusive=True, wait=wait, running=running, note={
+            "pid": os.getpid(), "root": str(r), "started": manifest.iso(time.time())}):
+        return _prune(r, keep_last, keep_daily, keep_weekly, keep_monthly, prefix, dry_run, now)
+
+
+def _prune(r: Path, keep_last: int, keep_daily: int, keep_weekly: int, keep_monthly: int,
+           prefix: str, dry_run: bool, now: float | None) -> PruneReport:
     backups = list_backups(r, prefix=prefix, sizes=False)
     keep = select(backups, keep_last=keep_last, keep_daily=keep_daily,
                   keep_weekly=keep_weekly, keep_monthly=keep_monthly)
@@ -173,3 +195,56 @@ def prune(root: str | os.PathLike[str], *, keep_last: int = 0, keep_daily: int =
             if not dry_run:
                 shutil.rmtree(p.path)
     return report
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``26h``, ``2d``, ``90m``, ``1d12h`` or ``3600`` (seconds)."""
+    t = text.strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", t):
+        return float(t)
+    parts = re.findall(r"(\d+(?:\.\d+)?)([smhdw])", t)
+    if not t or not parts or "".join(n + u for n, u in parts) != t:
+        raise UsageError(None, f"--max-age takes a duration such as 26h, 2d, 90m or 1d12h, "
+                         f"not {text!r}")
+    return sum(float(n) * _UNITS[u] for n, u in parts)
+
+
+@dataclass
+class Freshness:
+    """The answer of ``list --max-age``: is the newest complete backup recent
+    enough (and verified, when asked)?"""
+
+    ok: bool
+    line: str
+    newest: BackupInfo | None
+
+
+def freshness(backups: list[BackupInfo], root: str, *, max_age: float, verified: bool = False,
+              now: float | None = None) -> Freshness:
+    """Judge the newest of ``backups`` (oldest first, as :func:`list_backups`
+    returns them); ``line`` says why in one line either way."""
+    now = time.time() if now is None else now
+    if not backups:
+        return Freshness(False, f"{root}: no complete backup", None)
+    newest = backups[-1]
+    age = now - newest.time
+    what = f"{root}: newest backup {newest.name} is {_age(age)} old"
+    if age > max_age:
+        return Freshness(False, f"{what}, more than {_age(max_age)}", newest)
+    if verified:
+        v = newest.verified
+        if v is None:
+            return Freshness(False, f"{what} and has not been verified", newest)
+        if not v.get("ok"):
+            return Freshness(False, f"{what} and FAILED verify", newest)
+        return Freshness(True, f"{what} and verified", newest)
+    return Freshness(True, what, newest)
+
+
+def _age(seconds: float) -> str:
+    s = max(0, int(seconds))
+    if s >= 2 * 86400:
+        return f"{s / 86400:.1f} days"
+    if s >= 3600:
+        return f"{s / 3600:.1f} hours"
+    return f"{s // 60} minutes"

@@ -23,6 +23,7 @@ even when the backup fails.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import stat
@@ -31,8 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from synfast import workers
-from synfast.backup import hooks, manifest
+from synfast import limits, workers
+from synfast.backup import hooks, locks, manifest
 from synfast.backup.options import BackupOptions
 from synfast.backup.pacing import set_ionice
 from synfast.backup.partials import Partial, find_partials
@@ -41,6 +42,7 @@ from synfast.copy.walk import Entry, Plan, inside, matches, walk_tree
 from synfast.errors import DestinationExists, SourceMissing, UsageError, convert_error
 from synfast.files import durable
 from synfast.files.sparse import source_stat
+from synfast.lmdb import SNAPSHOT_ENGINES
 
 
 def _skipped_record(path: str, kind: str) -> dict:
@@ -151,11 +153,25 @@ def backup(source: str | os.PathLike[str], destination: str | os.PathLike[str],
     src, dst = _check_paths(source, destination, opts, started)
     partial = dst.with_name(dst.name + ".partial")
     report = BackupReport(src, dst)
-    _sweep_partials(dst, partial, opts.clean_partial, report)
-    if opts.ionice:
-        set_ionice(opts.ionice)
+    with contextlib.ExitStack() as held:
+        held.enter_context(locks.source_lock(src, {
+            "pid": os.getpid(), "destination": str(dst), "started": manifest.iso(started)},
+            opts.wait))
+        held.enter_context(locks.root_lock(dst.parent, exclusive=False, wait=opts.wait))
+        _sweep_partials(dst, partial, opts.clean_partial, report)
+        if opts.ionice:
+            set_ionice(opts.ionice)
+        _run_locked(src, partial, report, opts, progress, started)
+    report.seconds = time.monotonic() - t0
+    return report
+
+
+def _run_locked(src: Path, partial: Path, report: BackupReport, opts: BackupOptions,
+                progress: ProgressFn | None, started: float) -> None:
+    """The backup proper, with the source and root locks held."""
     with hooks.around(opts.pre_cmd, opts.post_cmd):
         the_plan, report.excluded = _walk(src, opts.exclude, opts.skip_dirs)
+        check_descriptors(the_plan, opts)
         try:
             os.mkdir(partial, 0o700)
         except FileExistsError as err:
@@ -166,10 +182,19 @@ def backup(source: str | os.PathLike[str], destination: str | os.PathLike[str],
         try:
             _build(the_plan, partial, report, opts, progress, started)
         except BaseException:
-            shutil.rmtree(partial, ignore_errors=True)
+            durable.remove_unfinished(partial, partial / manifest.META_DIR / manifest.MANIFEST)
             raise
-    report.seconds = time.monotonic() - t0
-    return report
+
+
+def check_descriptors(the_plan: Plan, opts: BackupOptions) -> None:
+    """Refuse before anything is copied when the environments whose snapshots
+    are begun together (two descriptors each) cannot all be open at once."""
+    envs = len(the_plan.of_kind("env"))
+    if opts.lmdb_engine in ("auto", *SNAPSHOT_ENGINES):
+        limits.require_descriptors(
+            2 * envs, f"{the_plan.source}: a backup of its {envs} LMDB environments",
+            "raise the limit: LimitNOFILE= in the systemd unit, or ulimit -n; or pass "
+            "--lmdb-engine compact, which opens one environment at a time")
 
 
 def _check_paths(source: str | os.PathLike[str], destination: str | os.PathLike[str],

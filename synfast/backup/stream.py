@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from synfast.backup import hooks, manifest
+from synfast.backup import hooks, locks, manifest
 from synfast.backup import tarformat as tf
 from synfast.backup.options import BackupOptions
 from synfast.backup.pacing import set_ionice
@@ -318,7 +318,7 @@ def backup_stream(source: str | os.PathLike[str], fd: int,
     (see the module docstring).  ``label`` names the stream in errors and in the
     manifest's ``destination``.  Raises a :class:`SynfastError` on any failure;
     the stream then holds no manifest."""
-    from synfast.backup.run import _skipped_record, _walk
+    from synfast.backup.run import _skipped_record, _walk, check_descriptors
 
     opts = (options or BackupOptions()).check()
     started = time.time()
@@ -336,8 +336,10 @@ def backup_stream(source: str | os.PathLike[str], fd: int,
         set_ionice(opts.ionice)
     report = StreamReport(src, label)
     sink = Sink(fd, label)
-    with hooks.around(opts.pre_cmd, opts.post_cmd):
+    note = {"pid": os.getpid(), "destination": label, "started": manifest.iso(started)}
+    with locks.source_lock(src, note, opts.wait), hooks.around(opts.pre_cmd, opts.post_cmd):
         the_plan, report.excluded = _walk(src, opts.exclude, opts.skip_dirs)
+        check_descriptors(the_plan, opts)
         writer = MemberWriter(sink, opts.algorithm)
         s = _Streamer(the_plan, writer, opts, scratch_dir, label, progress)
         try:

@@ -12,7 +12,9 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
+
+T = TypeVar("T", bound=BaseException)
 
 if TYPE_CHECKING:
     import typer
@@ -60,6 +62,11 @@ def main(argv: list[str] | None = None) -> None:
     25 ms that the work is done without.  Every file is closed and every worker
     thread joined by then.
     """
+    from synfast.limits import raise_open_files
+
+    # Like Go programs: the soft limit on open files (1,024 under systemd) up
+    # to the hard one, for services with thousands of environments.
+    raise_open_files()
     if argv is not None:
         _run(argv)
         return
@@ -78,26 +85,27 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _terminate_as_interrupt() -> None:
-    """SIGTERM raises :class:`~synfast.errors.Terminated` in the main thread, as
-    Ctrl-C raises ``KeyboardInterrupt``: what is being built is removed, and the
-    process exits 143."""
+    """SIGTERM and SIGHUP raise :class:`~synfast.errors.Terminated` in the main
+    thread, as Ctrl-C raises ``KeyboardInterrupt``: what is being built is
+    removed, and the process exits 143 (SIGTERM) or 129 (SIGHUP)."""
     import signal
 
     from synfast.errors import Terminated
 
     def handler(signum: int, _frame: object) -> None:
-        raise Terminated()
+        raise Terminated(signum)
 
     signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGHUP, handler)
 
 
-def _caused_by(err: BaseException, kind: type[BaseException]) -> bool:
+def _caused_by(err: BaseException, kind: type[T]) -> T | None:
     seen: BaseException | None = err
     while seen is not None:
         if isinstance(seen, kind):
-            return True
+            return seen
         seen = seen.__cause__ or seen.__context__
-    return False
+    return None
 
 
 def _exit_code(code: object) -> int:
@@ -118,19 +126,20 @@ def _run(args: list[str]) -> None:
         load_commands(args)(args=args, prog_name="synfast")
     except SystemExit as done:
         # Typer turns KeyboardInterrupt into exit code 130; SIGTERM's is 143.
-        if done.code == 130 and _caused_by(done, Terminated):
-            sys.exit(143)
+        term = _caused_by(done, Terminated) if done.code == 130 else None
+        if term is not None:
+            sys.exit(term.exit_code)
         raise
     except SynfastError as err:
         if state.debug:
             raise
         print(f"synfast: error: {err}", file=sys.stderr)
         sys.exit(err.exit_code)
-    except Terminated:
+    except Terminated as term:
         if state.debug:
             raise
         print("synfast: terminated", file=sys.stderr)
-        sys.exit(143)
+        sys.exit(term.exit_code)
     except KeyboardInterrupt:
         if state.debug:
             raise

@@ -63,37 +63,51 @@ def backup_command(
                                   "(on stderr when the backup is streamed to stdout)."),
     quiet: bool = typer.Option(False, "--quiet", "-q",
                                help="Print nothing but warnings and errors."),
+    metrics_file: str = typer.Option(
+        None, "--metrics-file", metavar="PATH",
+        help="Write Prometheus metrics of this run to PATH (atomically; for node_exporter's "
+        "textfile collector)."),
+    wait: float = typer.Option(
+        None, "--wait", metavar="SECONDS", min=0,
+        help="Wait up to SECONDS for a running backup of SRC (or a prune of DST's directory) "
+        "instead of failing with exit code 75."),
 ) -> None:
     """Back up a live service directory: every LMDB environment as a consistent
     snapshot, other files sparse-safe, atomically (DST.partial, then DST), or as
     one tar stream on stdout (DST -) whose last member is the manifest.
 
-    Exit codes: 0 done, 1 failed, 2 bad usage, 130 interrupted (Ctrl-C), 143 terminated
-    (SIGTERM); an interrupted command leaves nothing half-made behind.
+    One backup of a source runs at a time. Exit codes: 0 done, 1 failed, 2 bad usage,
+    75 busy (a backup of SRC or a prune of DST's directory is running), 130 interrupted
+    (Ctrl-C), 143 terminated (SIGTERM), 129 hung up (SIGHUP); an interrupted command leaves
+    nothing half-made behind.
     """
+    from synfast.backup import metrics
     from synfast.backup.options import BackupOptions
     from synfast.backup.run import backup
     from synfast.cli._render import print_json, size, warn
     from synfast.cli.progress import Reporter
 
+    metrics.check_path(metrics_file)
     reporter = Reporter(quiet=quiet or json_out, log_to_stderr=dst == "-")
-    try:
-        options = BackupOptions(
-            lmdb_engine=lmdb_engine, jobs=jobs or None, exclude=tuple(exclude),
-            include_tmp=include_tmp, fsync=not no_fsync, checksum=not no_checksum,
-            checksum_algorithm=checksum_name,
-            bwlimit=bwlimit, ionice=ionice, drop_cache=not no_drop_cache,
-            clean_partial=clean_partial, pre_cmd=pre_cmd, post_cmd=post_cmd)
-        if dst == "-":
-            return _stream_backup(src, options, scratch, reporter, json_out, quiet)
-        from synfast.backup import borg
+    with metrics.recording(metrics_file, "backup", metrics.backup_labels(src, dst)) as run:
+        try:
+            options = BackupOptions(
+                lmdb_engine=lmdb_engine, jobs=jobs or None, exclude=tuple(exclude),
+                include_tmp=include_tmp, fsync=not no_fsync, checksum=not no_checksum,
+                checksum_algorithm=checksum_name,
+                bwlimit=bwlimit, ionice=ionice, drop_cache=not no_drop_cache,
+                clean_partial=clean_partial, pre_cmd=pre_cmd, post_cmd=post_cmd, wait=wait)
+            if dst == "-":
+                return _stream_backup(src, options, scratch, reporter, json_out, quiet, run)
+            from synfast.backup import borg
 
-        if borg.is_borg(dst):
-            return _borg_backup(src, borg.parse(dst, archive=True), options, scratch, reporter,
-                                json_out, quiet, chunker_params, compression)
-        report = backup(src, dst, options, progress=reporter)
-    finally:
-        reporter.close()
+            if borg.is_borg(dst):
+                return _borg_backup(src, borg.parse(dst, archive=True), options, scratch,
+                                    reporter, json_out, quiet, chunker_params, compression, run)
+            report = backup(src, dst, options, progress=reporter)
+        finally:
+            reporter.close()
+        run.values = metrics.backup_values(report.manifest["totals"])
     for p in report.stale_partials:
         warn(f"{p.path}: unfinished backup (started {p.started and p.as_dict()['started']}); "
              "remove it with --clean-partial or synfast prune")
@@ -116,7 +130,7 @@ def backup_command(
 
 
 def _stream_backup(src: str, options: object, scratch: str | None, reporter: object,
-                   json_out: bool, quiet: bool) -> None:
+                   json_out: bool, quiet: bool, run: object) -> None:
     """``backup SRC -``: the stream on stdout, everything said on stderr."""
     import json
     import sys
@@ -131,6 +145,10 @@ def _stream_backup(src: str, options: object, scratch: str | None, reporter: obj
     sys.stdout.flush()
     report = backup_stream(src, sys.stdout.fileno(), options, scratch=scratch,  # type: ignore[arg-type]
                            progress=reporter)  # type: ignore[arg-type]
+    from synfast.backup import metrics
+
+    run.values = metrics.backup_values(  # type: ignore[attr-defined]
+        report.manifest["totals"], written=report.bytes_streamed, stored=report.bytes_streamed)
     for rel in report.changed:
         warn(f"{report.source / rel}: changed while it was read; streamed as read")
     if json_out:
@@ -144,7 +162,7 @@ def _stream_backup(src: str, options: object, scratch: str | None, reporter: obj
 
 def _borg_backup(src: str, target: object, options: object, scratch: str | None,
                  reporter: object, json_out: bool, quiet: bool, chunker_params: str | None,
-                 compression: str | None) -> None:
+                 compression: str | None, run: object) -> None:
     """``backup SRC borg:REPO::ARCHIVE``: the stream into borg import-tar."""
     from synfast.backup import borg
     from synfast.cli._render import print_json, size, warn
@@ -153,6 +171,11 @@ def _borg_backup(src: str, target: object, options: object, scratch: str | None,
         src, target, options, scratch=scratch, progress=reporter,  # type: ignore[arg-type]
         chunker_params=chunker_params or borg.CHUNKER_PARAMS,
         compression=compression or borg.COMPRESSION)
+    from synfast.backup import metrics
+
+    run.values = metrics.backup_values(  # type: ignore[attr-defined]
+        report.manifest["totals"], written=report.bytes_streamed,
+        stored=int(stats.get("deduplicated_size") or 0))
     for rel in report.changed:
         warn(f"{report.source / rel}: changed while it was read; streamed as read")
     if json_out:
@@ -225,26 +248,33 @@ def verify_command(
     jobs: int = typer.Option(0, "--jobs", "-j", min=0, help="Parallel checksums."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only problems."),
+    metrics_file: str = typer.Option(
+        None, "--metrics-file", metavar="PATH",
+        help="Write Prometheus metrics of this run to PATH (atomically)."),
 ) -> None:
     """Check a backup against its manifest: files, sizes, modes, checksums, and a
     full walk of every LMDB environment. One line per problem; exit 1 if any."""
-    from synfast.backup import borg
+    from synfast.backup import borg, metrics
     from synfast.backup.verify import verify
     from synfast.cli._render import print_json
 
-    if borg.is_borg(backup):
-        from synfast.backup import unstream
+    metrics.check_path(metrics_file)
+    with metrics.recording(metrics_file, "verify", metrics.verify_labels(backup)) as run:
+        if borg.is_borg(backup):
+            from synfast.backup import unstream
 
-        target = borg.parse(backup, archive=True)
-        report = borg.read_archive(target, lambda f: unstream.verify_stream(
-            f, str(target), scratch=scratch))
-    elif _is_stream(backup):
-        from synfast.backup import unstream
+            target = borg.parse(backup, archive=True)
+            report = borg.read_archive(target, lambda f: unstream.verify_stream(
+                f, str(target), scratch=scratch))
+        elif _is_stream(backup):
+            from synfast.backup import unstream
 
-        with unstream.open_stream(backup) as f:
-            report = unstream.verify_stream(f, unstream.stream_label(backup), scratch=scratch)
-    else:
-        report = verify(backup, checksums=not no_checksum, jobs=jobs or None)
+            with unstream.open_stream(backup) as f:
+                report = unstream.verify_stream(f, unstream.stream_label(backup),
+                                                scratch=scratch)
+        else:
+            report = verify(backup, checksums=not no_checksum, jobs=jobs or None)
+        run.values, run.failed = metrics.verify_values(report), not report.ok
     if json_out:
         print_json(report.as_dict())
     else:
@@ -308,12 +338,21 @@ def list_command(
                                "or borg:REPO."),
     prefix: str = typer.Option("", "--prefix", help="Only backups whose name starts so."),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON array."),
+    max_age: str = typer.Option(
+        None, "--max-age", metavar="DURATION",
+        help="Health check: exit 1 with one line when the newest complete backup is older "
+        "than DURATION (26h, 2d, 90m), else 0 and one line."),
+    verified: bool = typer.Option(
+        False, "--verified", help="With --max-age: the newest backup must also have passed "
+        "synfast verify."),
 ) -> None:
     """List the complete backups under ROOT (or the synfast archives of
     borg:REPO), oldest first."""
     from synfast.backup import borg, manifest, retention
     from synfast.cli._render import print_json, size, table
 
+    if max_age is not None or verified:
+        return _health(root, prefix, max_age, verified, json_out)
     if borg.is_borg(root):
         archives = borg.list_archives(borg.parse(root, archive=False))
         if json_out:
@@ -339,6 +378,30 @@ def list_command(
                      rows, right={3, 4, 5}))
 
 
+def _health(root: str, prefix: str, max_age: str | None, verified: bool,
+            json_out: bool) -> None:
+    """``list --max-age``: one line, exit 1 when the newest backup is stale."""
+    from synfast.backup import borg, retention
+    from synfast.cli._render import print_json
+    from synfast.errors import UsageError
+
+    if max_age is None:
+        raise UsageError(None, "--verified goes with --max-age", "add --max-age 26h, say")
+    limit = retention.parse_duration(max_age)
+    if borg.is_borg(root):
+        backups = borg.backup_infos(borg.parse(root, archive=False), prefix=prefix)
+    else:
+        backups = retention.list_backups(root, prefix=prefix, sizes=False)
+    answer = retention.freshness(backups, root, max_age=limit, verified=verified)
+    if json_out:
+        print_json({"ok": answer.ok, "message": answer.line,
+                    "newest": answer.newest.as_dict() if answer.newest else None})
+    else:
+        typer.echo(answer.line, err=not answer.ok)
+    if not answer.ok:
+        raise typer.Exit(1)
+
+
 @app.command("prune")
 def prune_command(
     root: str = typer.Argument(..., metavar="ROOT", help="The directory holding the backups."),
@@ -352,15 +415,28 @@ def prune_command(
     prefix: str = typer.Option("", "--prefix", help="Only backups whose name starts so."),
     dry_run: bool = typer.Option(False, "--dry-run", "-n", help="Only print what would go."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON summary."),
+    metrics_file: str = typer.Option(
+        None, "--metrics-file", metavar="PATH",
+        help="Write Prometheus metrics of this run to PATH (atomically)."),
+    wait: float = typer.Option(
+        None, "--wait", metavar="SECONDS", min=0,
+        help="Wait up to SECONDS for backups running into ROOT instead of failing with "
+        "exit code 75."),
 ) -> None:
     """Remove complete synfast backups (by their manifest time) that no --keep-*
-    rule keeps, and unfinished backups older than a day. Nothing else is touched."""
-    from synfast.backup import manifest, retention
+    rule keeps, and unfinished backups older than a day. Nothing else is touched.
+    A prune never runs beside a backup into ROOT."""
+    import os
+
+    from synfast.backup import manifest, metrics, retention
     from synfast.cli._render import print_json
 
-    report = retention.prune(root, keep_last=keep_last, keep_daily=keep_daily,
-                             keep_weekly=keep_weekly, keep_monthly=keep_monthly, prefix=prefix,
-                             dry_run=dry_run)
+    metrics.check_path(metrics_file)
+    with metrics.recording(metrics_file, "prune", {"root": os.path.abspath(root)}) as run:
+        report = retention.prune(root, keep_last=keep_last, keep_daily=keep_daily,
+                                 keep_weekly=keep_weekly, keep_monthly=keep_monthly,
+                                 prefix=prefix, dry_run=dry_run, wait=wait)
+        run.values = metrics.prune_values(report)
     if json_out:
         print_json(report.as_dict())
         return

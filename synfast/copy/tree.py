@@ -151,7 +151,7 @@ def copy(
         if fsync:
             durable.fsync_dir(dst.parent)
     except BaseException:
-        durable.remove_path(tmp)
+        durable.remove_unfinished(tmp)
         raise
     report.seconds = time.monotonic() - started
     return report

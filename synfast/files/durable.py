@@ -30,6 +30,7 @@ import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from synfast import workers
 from synfast.errors import convert_error
 from synfast.files import _durable
 
@@ -105,6 +106,20 @@ def remove_path(path: str | os.PathLike[str]) -> None:
     else:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
+
+
+def remove_unfinished(tree: str | os.PathLike[str],
+                      first: str | os.PathLike[str] | None = None) -> None:
+    """Remove the unfinished output ``tree`` after a failure or a signal, with
+    SIGINT, SIGTERM and SIGHUP held off until it is gone: a second Ctrl-C or
+    SIGTERM (systemd and Kubernetes send another before SIGKILL) does not cut
+    the removal short.  ``first`` (a backup's manifest) goes before anything
+    else, so that what a SIGKILL leaves never looks complete."""
+    with workers.signals_blocked():
+        if first is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(first)
+        remove_path(tree)
 
 
 def sync_filesystem(path: str | os.PathLike[str]) -> None:

@@ -6,9 +6,27 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
+from synfast.backup import hooks
 from tests.conftest import make_env, run_cli, write_layout
+
+
+def run_until_paused(point: str, *args: object, env: dict | None = None) -> subprocess.Popen:
+    """``synfast backup ARGS`` started with the test hook that holds it at
+    ``point``; returned once it says it is there (its stderr is a text pipe)."""
+    env = {**os.environ, **(env or {}), hooks.PAUSE_ENV: point}
+    proc = subprocess.Popen([sys.executable, "-m", "synfast", "backup", *map(str, args)],
+                            stderr=subprocess.PIPE, text=True, env=env)
+    seen = []
+    assert proc.stderr is not None
+    for line in proc.stderr:       # progress lines come first
+        seen.append(line)
+        if f"paused at {point}" in line:
+            return proc
+    proc.wait(timeout=30)
+    raise AssertionError("".join(seen))
 
 
 def service(root: Path, name: str = "cortex00") -> Path:

@@ -17,7 +17,7 @@ from synfast.backup import checksum as cks
 from synfast.backup import hooks, manifest, partials, retention
 from synfast.lmdb import ENGINES
 from synfast.lmdb import meta as lmdbmeta
-from tests.backup.service import ENVS, backup_ok, service
+from tests.backup.service import ENVS, backup_ok, run_until_paused, service
 from tests.conftest import (
     IS_ROOT,
     allocated,
@@ -215,25 +215,12 @@ def test_backup_of_a_live_service_is_consistent(tmp_path: Path, live_service) ->
 
 # ------------------------------------------------------------------ killed
 
-def _run_until_paused(point: str, *args) -> subprocess.Popen:
-    env = {**os.environ, hooks.PAUSE_ENV: point}
-    proc = subprocess.Popen([sys.executable, "-m", "synfast", "backup", *map(str, args)],
-                            stderr=subprocess.PIPE, text=True, env=env)
-    seen = []
-    for line in proc.stderr:       # progress lines come first
-        seen.append(line)
-        if f"paused at {point}" in line:
-            return proc
-    proc.wait(timeout=30)
-    raise AssertionError("".join(seen))
-
-
 @pytest.mark.parametrize("point", hooks.PAUSE_POINTS)
 def test_killed_backup_leaves_no_destination(tmp_path: Path, point: str) -> None:
     svc = service(tmp_path)
     write_layout(svc / "blob", 8 << 20, [(0, os.urandom(4 << 20))])
     dst = tmp_path / "bk"
-    proc = _run_until_paused(point, svc, dst)
+    proc = run_until_paused(point, svc, dst)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     assert not dst.exists()
@@ -252,19 +239,21 @@ def test_killed_backup_leaves_no_destination(tmp_path: Path, point: str) -> None
     assert run_cli("verify", dst).returncode == 0
 
 
-@pytest.mark.parametrize("signum,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)],
-                         ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("signum,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143),
+                                         (signal.SIGHUP, 129)],
+                         ids=["SIGINT", "SIGTERM", "SIGHUP"])
 @pytest.mark.parametrize("point", hooks.PAUSE_POINTS)
 def test_interrupted_backup_stops_promptly_and_removes_its_partial(
         tmp_path: Path, point: str, signum: int, code: int) -> None:
     # Ctrl-C reaches only the main thread; a copy thread in the middle of a
     # file (here held there by the test hook, which never resumes) must stop
     # too, or the interrupted backup waits for the file, forever here.
-    # SIGTERM (systemd, Kubernetes) is handled as Ctrl-C, with its own code.
+    # SIGTERM (systemd, Kubernetes) and SIGHUP are handled as Ctrl-C, each with
+    # its own code (128 + the signal's number).
     svc = service(tmp_path)
     write_layout(svc / "blob", 8 << 20, [(0, os.urandom(4 << 20))])
     dst = tmp_path / "bk"
-    proc = _run_until_paused(point, svc, dst)
+    proc = run_until_paused(point, svc, dst)
     proc.send_signal(signum)
     try:
         assert proc.wait(timeout=30) == code
@@ -277,15 +266,18 @@ def test_interrupted_backup_stops_promptly_and_removes_its_partial(
 
 def test_running_backup_partial_is_left_alone(tmp_path: Path) -> None:
     svc = service(tmp_path)
-    proc = _run_until_paused("snapshots-taken", svc, tmp_path / "bk")
+    proc = run_until_paused("snapshots-taken", svc, tmp_path / "bk")
     try:
         p = partials.read_partial(tmp_path / "bk.partial")
         assert p is not None and p.active and p.pid == proc.pid
-        out = run_cli("backup", svc, tmp_path / "other", "--clean-partial")
+        # Another source's backup beside it (one of the same source waits its turn).
+        other = service(tmp_path, "cortex01")
+        out = run_cli("backup", other, tmp_path / "other", "--clean-partial")
         assert out.returncode == 0, out.stderr
         assert (tmp_path / "bk.partial").is_dir()
-        report = retention.prune(tmp_path, keep_last=5, now=time.time() + 3 * 86400)
-        assert (tmp_path / "bk.partial").is_dir()
+        # A prune waits for running backups; what it would do keeps the partial.
+        report = retention.prune(tmp_path, keep_last=5, now=time.time() + 3 * 86400,
+                                 dry_run=True)
         assert [x.path for x, _ in report.partials_kept] == [tmp_path / "bk.partial"]
     finally:
         proc.kill()

@@ -53,6 +53,10 @@ HELP = {
     "kept_backups": "Complete backups kept.",
     "removed_backups": "Complete backups removed.",
     "removed_partials": "Unfinished backups removed.",
+    "rebuilt_environments": "LMDB environments rebuilt.",
+    "skipped_environments": "LMDB environments left alone (predicted saving too small).",
+    "before_bytes": "Bytes allocated by the environments before.",
+    "after_bytes": "Bytes allocated by the environments after.",
 }
 
 _LINE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{.*\})?\s+(\S+)(?:\s+\S+)?\s*$')
@@ -232,3 +236,13 @@ def prune_values(report: Any) -> dict[str, float]:
     return {"kept_backups": float(len(report.kept)),
             "removed_backups": float(len(report.removed)),
             "removed_partials": float(len(report.partials_removed))}
+
+
+def defrag_values(report: Any) -> dict[str, float]:
+    """A defrag's figures from its :class:`~synfast.backup.defrag.DefragReport`."""
+    d = report.as_dict()
+    return {"rebuilt_environments": float(len(report.rebuilt)),
+            "skipped_environments": float(sum(1 for e in report.environments
+                                              if e.action == "skip")),
+            "before_bytes": float(d["allocated_before_bytes"]),
+            "after_bytes": float(d.get("allocated_after_bytes", 0))}

@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "copy": "copy_cmd", "scan": "scan_cmd", "backup": "backup_cmd", "export": "backup_cmd",
     "verify": "backup_cmd",
     "restore": "backup_cmd", "list": "backup_cmd", "prune": "backup_cmd",
+    "defrag": "defrag_cmd",
     "easycert": "easycert_cmd", "certs": "certs_cmd", "url": "url_cmd",
 }
 

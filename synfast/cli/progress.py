@@ -24,8 +24,9 @@ class Reporter:
     LOG_MIN = 64 << 20
 
     def __init__(self, *, quiet: bool = False, tty: bool | None = None,
-                 log_to_stderr: bool = False) -> None:
+                 log_to_stderr: bool = False, label: str = "backup") -> None:
         self.quiet = quiet
+        self.label = label
         #: a backup streamed to stdout logs to stderr
         self.log_file = sys.stderr if log_to_stderr else None
         self.tty = sys.stderr.isatty() if tty is None else tty
@@ -54,7 +55,8 @@ class Reporter:
                 )
 
                 self._bar = Progress(
-                    TextColumn("[bold]backup"), BarColumn(), DownloadColumn(binary_units=True),
+                    TextColumn(f"[bold]{self.label}"), BarColumn(),
+                    DownloadColumn(binary_units=True),
                     TransferSpeedColumn(), TimeRemainingColumn(),
                     TextColumn("{task.fields[item]}"),
                     console=Console(file=sys.stderr), transient=True)
@@ -62,7 +64,10 @@ class Reporter:
 
                 with signals_blocked():     # its refresh thread must not take Ctrl-C
                     self._bar.start()
-                self._task = self._bar.add_task("backup", total=max(self.total, 1), item="")
+                self._task = self._bar.add_task(self.label, total=max(self.total, 1), item="")
+            elif self.label == "defrag":
+                self._log(f"plan: {self.items} environments to rebuild, about "
+                          f"{size(self.total)} to write")
             else:
                 self._log(f"plan: {self.items} files and environments, "
                           f"{size(self.total)} allocated, {data['environments']} environments")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import lmdb
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from synfast.backup import defrag as defrag_mod
 from synfast.backup import hooks
@@ -80,9 +81,17 @@ def test_defrag_rebuilds_fragmented_environments_in_place(tmp_path: Path) -> Non
     assert proc.returncode == 0, proc.stderr
     predicted = {e["path"]: e for e in json.loads(proc.stdout)["environments"]}
 
-    proc = run_cli("defrag", "--json", svc)
+    prom = tmp_path / "defrag.prom"
+    proc = run_cli("defrag", "--json", "--metrics-file", prom, svc)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
+    samples = {s.name: s.value for f in text_string_to_metric_families(prom.read_text())
+               for s in f.samples}
+    assert samples["synfast_defrag_rebuilt_environments"] == len(FRAGMENTED)
+    assert samples["synfast_defrag_skipped_environments"] == 1
+    assert samples["synfast_defrag_last_attempt_success"] == 1
+    assert samples["synfast_defrag_after_bytes"] < samples["synfast_defrag_before_bytes"]
+    prom.unlink()
     assert {e["path"]: e["action"] for e in report["environments"]} == {
         **{rel: "rebuilt" for rel in FRAGMENTED}, COMPACT: "skip"}
     assert _dumps(svc) == dumps                 # every entry of every database, unchanged

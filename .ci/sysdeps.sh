@@ -20,6 +20,7 @@ command -v rclone >/dev/null || missing+=(rclone)
 command -v bsdtar >/dev/null || missing+=(libarchive-tools)
 [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
 command -v ssh >/dev/null || missing+=(openssh-client)
+command -v systemd-analyze >/dev/null || missing+=(systemd)
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 
 if [ ${#missing[@]} -eq 0 ]; then

@@ -252,7 +252,10 @@ def require_reader_slot(loc: EnvLocation) -> None:
     copy is safe."""
     lock_path = loc.lock_path
     try:
-        read_only = bool(os.statvfs(lock_path.parent).f_flag & os.ST_RDONLY)
+        # The lock file's own mount: a lock file bind-mounted read-write over a
+        # read-only tree (a Kubernetes volume mounted read-only) is writable.
+        where = lock_path if lock_path.exists() else lock_path.parent
+        read_only = bool(os.statvfs(where).f_flag & os.ST_RDONLY)
     except OSError:
         return
     pid = _other_holder(lock_path) if read_only and lock_path.exists() else None

@@ -91,6 +91,11 @@ def test_round_trip_through_borg(borg_env: Path, tmp_path: Path) -> None:
     assert archives(borg_env) == [name]
     listed = json.loads(run_cli("list", f"borg:{borg_env}", "--json").stdout)
     assert [(a["name"], a["complete"]) for a in listed] == [(name, True)]
+    # The health check reads borg's archives too; borg keeps no record of verify.
+    proc = run_cli("list", f"borg:{borg_env}", "--max-age", "26h")
+    assert proc.returncode == 0 and name in proc.stdout, proc.stderr
+    proc = run_cli("list", f"borg:{borg_env}", "--max-age", "26h", "--verified")
+    one_line(proc, "not been verified")
     proc = run_cli("verify", f"borg:{borg_env}::{name}")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     target = tmp_path / "restored"

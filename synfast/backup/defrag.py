@@ -246,7 +246,7 @@ def _rebuild_one(svc: Path, e: EnvDefrag, keep_dir, cancel: workers.Cancel) -> N
     snap = open_snapshot(e.location.path)
     counts = _counts(snap.stats(0))
     try:
-        rebuild_data_file(snap, tmp, data, e.location.path, sync=True)
+        rebuild_data_file(snap, tmp, data, e.location.path)  # fsynced before it returns
     except SynfastError as err:
         if err.errno in (errno.ENOSPC, errno.EDQUOT):
             raise CopyFailed(data, f"no room to rebuild it beside itself (about "

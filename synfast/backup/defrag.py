@@ -42,7 +42,7 @@ from pathlib import Path
 
 from synfast import workers
 from synfast.backup import hooks
-from synfast.backup.restore import ServiceInUse
+from synfast.backup.restore import check_not_in_use
 from synfast.copy.walk import walk_tree
 from synfast.errors import CopyFailed, SourceMissing, SynfastError, UsageError, convert_error
 from synfast.files import durable
@@ -138,7 +138,7 @@ def defrag(service: str | os.PathLike[str], *, min_saving: float = MIN_SAVING,
     report = DefragReport(svc, dry_run)
     with hooks.around(None if dry_run else pre_cmd, None if dry_run else post_cmd):
         if not dry_run:
-            _check_stopped(svc)
+            check_not_in_use(svc, "defragmenting", "stop the service first (--pre-cmd can)")
             report.leftovers_removed = _remove_leftovers(svc)
         _plan(svc, report, min_saving)
         if not dry_run:
@@ -146,16 +146,6 @@ def defrag(service: str | os.PathLike[str], *, min_saving: float = MIN_SAVING,
             _run(report, keep, progress, time.time() if now is None else now)
     report.seconds = time.monotonic() - t0
     return report
-
-
-def _check_stopped(svc: Path) -> None:
-    busy = lmdbenv.environments_in_use(svc)
-    if busy:
-        env, pid = busy[0]
-        more = f" (and {len(busy) - 1} more)" if len(busy) > 1 else ""
-        who = f"process {pid}" if pid else "a process in another PID namespace (a container?)"
-        raise ServiceInUse(env, f"is open by {who}{more}; defragmenting under a running "
-                           "service destroys it", "stop the service first (--pre-cmd can)")
 
 
 def _remove_leftovers(svc: Path) -> list[Path]:

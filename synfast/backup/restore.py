@@ -52,7 +52,10 @@ class RestoreReport:
                 "verified": self.verified, "seconds": round(self.seconds, 6)}
 
 
-def _check_not_in_use(service: Path) -> None:
+def check_not_in_use(service: Path, doing: str = "restoring",
+                     hint: str = "stop the service first, or pass --force") -> None:
+    """Refuse (:class:`ServiceInUse`) while another live process has an
+    environment under ``service`` open; ``doing`` and ``hint`` word it."""
     if not service.is_dir():
         return
     busy = environments_in_use(service)
@@ -60,8 +63,8 @@ def _check_not_in_use(service: Path) -> None:
         env, pid = busy[0]
         more = f" (and {len(busy) - 1} more)" if len(busy) > 1 else ""
         who = f"process {pid}" if pid else "a process in another PID namespace (a container?)"
-        raise ServiceInUse(env, f"is open by {who}{more}; restoring under a running "
-                           "service destroys it", "stop the service first, or pass --force")
+        raise ServiceInUse(env, f"is open by {who}{more}; {doing} under a running "
+                           "service destroys it", hint)
 
 
 def restore(
@@ -96,7 +99,7 @@ def restore(
         entries = [e for e in doc["entries"] if e["path"].split("/")[0] != manifest.META_DIR]
         _build(bdir, entries, partial, service, jobs=jobs, fsync=fsync)
         if not force:
-            _check_not_in_use(service)   # again: the service may have started meanwhile
+            check_not_in_use(service)   # again: the service may have started meanwhile
         report.moved_aside = _swap_in(partial, service, fsync=fsync)
     except BaseException:
         durable.remove_unfinished(partial)
@@ -119,7 +122,7 @@ def _check_target(service: Path) -> None:
 def _start_partial(service: Path, force: bool) -> Path:
     """Refuse a service in use (unless ``force``), then make ``SERVICEDIR.partial``."""
     if not force:
-        _check_not_in_use(service)
+        check_not_in_use(service)
     partial = service.with_name(service.name + ".partial")
     try:
         os.mkdir(partial, 0o700)
@@ -156,7 +159,7 @@ def restore_stream(stream: IO[bytes], label: str, service_dir: str | os.PathLike
                                 f": {first.message})", "restore another backup")
         shutil.rmtree(partial / manifest.META_DIR)
         if not force:
-            _check_not_in_use(service)   # again: the service may have started meanwhile
+            check_not_in_use(service)   # again: the service may have started meanwhile
         report.moved_aside = _swap_in(partial, service, fsync=fsync)
     except BaseException:
         durable.remove_unfinished(partial)

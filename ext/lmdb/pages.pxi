@@ -357,6 +357,7 @@ cdef dict plan_pages(MDB_txn *txn, path, unsigned int page_size, const unsigned 
     cdef int rc
     cdef int d
     cdef MDB_val key, val
+    cdef MDB_dbi dbi
     if psize != page_size or psize < 512 or psize > 65536 or psize & (psize - 1):
         raise LmdbError(path, MDB_INCOMPATIBLE,
                         f"page size {psize} in the meta page of txn {txnid} "
@@ -381,7 +382,11 @@ cdef dict plan_pages(MDB_txn *txn, path, unsigned int page_size, const unsigned 
     if j.main_flags & MDB_DUPSORT:
         dupsort = True
     for i in range(j.n_named):
-        rc = mdb_stat(txn, j.named[i].src, &st)
+        rc = _open_named(j, i, &dbi)
+        if rc:
+            raise_lmdb(path, rc, "open database")
+        rc = mdb_stat(txn, dbi, &st)
+        _close_named(j, dbi)
         if rc:
             raise_lmdb(path, rc, "stat")
         used += st.ms_branch_pages + st.ms_leaf_pages + st.ms_overflow_pages
@@ -425,7 +430,11 @@ cdef dict plan_pages(MDB_txn *txn, path, unsigned int page_size, const unsigned 
             rc = mdb_get(txn, j.src_main, &key, &val)
             if rc:
                 raise_lmdb(path, rc, "read named database record")
-            mdb_stat(txn, j.named[i].src, &st)
+            rc = _open_named(j, i, &dbi)
+            if rc:
+                raise_lmdb(path, rc, "open database")
+            mdb_stat(txn, dbi, &st)
+            _close_named(j, dbi)
             check_tree(fd, path, psize, txnid, repr(j.named[i].name[:j.named[i].len]),
                        _u64(<const unsigned char *>val.mv_data + 40), &st, &fl,
                        (j.named[i].flags & MDB_DUPSORT) != 0)

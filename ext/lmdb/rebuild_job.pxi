@@ -17,7 +17,7 @@ from clmdb cimport (
     MDB_DUPSORT, MDB_CREATE, MDB_APPEND, MDB_APPENDDUP, MDB_NOTFOUND, MDB_INCOMPATIBLE,
     mdb_env_create, mdb_env_open, mdb_env_set_mapsize, mdb_env_set_maxdbs, mdb_env_get_fd,
     mdb_env_sync, mdb_txn_begin, mdb_txn_commit, mdb_txn_abort, mdb_dbi_open, mdb_dbi_flags,
-    mdb_cursor_open, mdb_cursor_close, mdb_cursor_get, mdb_cursor_put,
+    mdb_dbi_close, mdb_cursor_open, mdb_cursor_close, mdb_cursor_get, mdb_cursor_put,
 )
 from cfcntl cimport SYNC_FILE_RANGE_WRITE, sync_file_range
 from cstat cimport stat, fstat
@@ -39,8 +39,7 @@ cdef enum Side:
 cdef struct NamedDB:
     char *name          # NUL-terminated copy of the key
     size_t len
-    MDB_dbi src
-    MDB_dbi dst
+    MDB_dbi dst         # the output's handle (the source's is opened when used)
     unsigned int flags
 
 
@@ -52,6 +51,7 @@ cdef struct Job:
     size_t txn_bytes
     size_t txn_entries
     int writeback_fd        # >= 0: start writeback of the output after each commit
+    bint sync               # fsync the output once it is complete
     void *src_map           # the source's read-only map, released as the copy goes
     size_t src_map_len
     size_t since_release    # bytes read from the source since the last release
@@ -96,6 +96,7 @@ cdef void _job_init(Job *j) noexcept nogil:
     j.txn_bytes = DEFAULT_TXN_BYTES_C
     j.txn_entries = DEFAULT_TXN_ENTRIES_C
     j.writeback_fd = -1
+    j.sync = True
     j.signal_box = NULL
     j.named = NULL
     j.n_named = 0
@@ -188,9 +189,18 @@ cdef bint _interrupted(void *box) noexcept nogil:
     return hit
 
 
+cdef inline int _open_named(Job *j, size_t i, MDB_dbi *dbi) noexcept nogil:
+    """Open the source's named database ``i`` in its one slot: close it before the next."""
+    return mdb_dbi_open(j.src_txn, j.named[i].name, 0, dbi)
+
+
+cdef inline void _close_named(Job *j, MDB_dbi dbi) noexcept nogil:
+    mdb_dbi_close(j.src_env, dbi)       # frees the slot; a read txn wrote nothing
+
+
 cdef int _find_named(Job *j) noexcept nogil:
-    """Walk the source's main database and record which keys are named databases
-    (opening each in the snapshot's transaction, which also yields its flags)."""
+    """Walk the source's main database and record which keys are named databases,
+    with their flags (each opened in the snapshot's transaction and closed again)."""
     cdef MDB_cursor *cur = NULL
     cdef MDB_val key, val
     cdef MDB_dbi dbi
@@ -220,6 +230,7 @@ cdef int _find_named(Job *j) noexcept nogil:
             else:
                 flags = 0
                 mdb_dbi_flags(j.src_txn, dbi, &flags)
+                _close_named(j, dbi)
                 if j.n_named == j.cap_named:
                     j.cap_named = j.cap_named * 2 if j.cap_named else 64
                     grown = <NamedDB *>realloc(j.named, j.cap_named * sizeof(NamedDB))
@@ -230,7 +241,6 @@ cdef int _find_named(Job *j) noexcept nogil:
                     j.named = grown
                 j.named[j.n_named].name = name
                 j.named[j.n_named].len = key.mv_size
-                j.named[j.n_named].src = dbi
                 j.named[j.n_named].dst = 0
                 j.named[j.n_named].flags = flags & DB_LAYOUT_FLAGS
                 j.n_named += 1
@@ -365,7 +375,7 @@ cdef int _rebuild(Job *j) noexcept nogil:
     """Body of Snapshot.rebuild: runs without the GIL.  On error j.rc is set and
     the output's transaction is aborted; the caller closes the output env."""
     cdef int rc
-    cdef MDB_dbi ddbi
+    cdef MDB_dbi ddbi, sdbi
     cdef size_t i
     rc = mdb_txn_begin(j.dst_env, NULL, 0, &j.dst_txn)
     if rc:
@@ -385,7 +395,12 @@ cdef int _rebuild(Job *j) noexcept nogil:
         if rc:
             _fail(j, rc, SIDE_DST, "create database", <long>i)
             break
-        rc = _copy_db(j, j.named[i].src, j.named[i].dst, j.named[i].flags, <long>i)
+        rc = _open_named(j, i, &sdbi)
+        if rc:
+            _fail(j, rc, SIDE_SRC, "open database", <long>i)
+            break
+        rc = _copy_db(j, sdbi, j.named[i].dst, j.named[i].flags, <long>i)
+        _close_named(j, sdbi)
         # Many small databases: count each one's record so that thousands of
         # them do not pile up in one transaction.
         j.pending_entries += 1
@@ -396,6 +411,8 @@ cdef int _rebuild(Job *j) noexcept nogil:
         if rc:
             return _fail(j, rc, SIDE_DST, "commit", -2)
         j.commits += 1
+        if not j.sync:
+            return 0
         j.sync_seconds = _now()
         rc = mdb_env_sync(j.dst_env, 1)
         j.sync_seconds = _now() - j.sync_seconds

@@ -9,10 +9,12 @@ manifest written.
 4. Files and environments are copied in parallel, largest first (small files
    one after another by one worker).  Each output is then finished in one
    pass: metadata applied, writeback started, checksum computed from the page
-   cache, fsynced, its pages dropped.  Small dense files are copied in batches
-   per directory (:mod:`synfast.files.small`) and hashed from the bytes read,
-   with no fsync each: step 5 makes them durable.  Every environment copy is opened and
-   counted, so a copy that LMDB cannot read fails the backup, not the restore.
+   cache, fsynced, its pages dropped (an output of at most 1 MiB, such as a
+   small environment, is left to step 5 like the batched files).  Small dense
+   files are copied in batches per directory (:mod:`synfast.files.small`) and
+   hashed from the bytes read, with no fsync each: step 5 makes them durable.
+   Every environment copy is opened and counted, so a copy that LMDB cannot
+   read fails the backup, not the restore.
    A regular file the service changes meanwhile is copied again (up to
    :data:`FILE_ATTEMPTS` times); one it removes, or replaces with something
    that is not a regular file, is left out and listed.
@@ -237,17 +239,21 @@ class Stage:
         fd = os.open(out, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
         try:
             files.apply_metadata(fd, e.st)
-            if self.opts.fsync:
+            ost = os.fstat(fd)
+            # An output as small as a batched file is made durable like one, by
+            # the syncfs after the last file (run._build): an fsync each is a
+            # journal commit per environment of a service of thousands.
+            alone = ost.st_size > small.SMALL_MAX
+            if self.opts.fsync and alone:
                 # Writeback runs while the checksum reads the pages from the
                 # cache; the fsync after it then has little left to wait for.
                 durable.start_writeback(fd)
-            ost = os.fstat(fd)
             c0 = time.monotonic()
             digest = cks.checksum_fd(fd, self.opts.algorithm) if self.opts.algorithm else None
             c1 = time.monotonic()
-            if self.opts.fsync:
+            if self.opts.fsync and alone:
                 os.fsync(fd)
-            if self.opts.drop_cache:
+            if self.opts.drop_cache and alone:
                 durable.drop_cache(fd)
         finally:
             os.close(fd)

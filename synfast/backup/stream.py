@@ -122,7 +122,7 @@ class _Streamer:
             try:
                 for e in envs:
                     assert e.env is not None
-                    self.snapshots[e.rel] = open_snapshot(e.env.path, begin=False)
+                    self.snapshots[e.rel] = open_snapshot(e.env, begin=False)
                 if envs:
                     t, bound = begin_together([self.snapshots[e.rel] for e in envs])
                     self.times += [t, bound]

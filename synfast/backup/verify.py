@@ -23,7 +23,7 @@ import contextlib
 import os
 import stat
 import time
-from concurrent.futures import FIRST_COMPLETED, wait
+from concurrent.futures import as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -168,10 +168,16 @@ class _Checker:
         environment opens and walks with the manifest's counts.
 
         An environment is walked in this process only once its data file's
-        checksum matched (LMDB trusts its pages), and then at once, on the
-        pool, beside the hashing of the other files.  One that no checksum
-        vouched for is walked afterwards in a forked child.  Problems are
-        reported files first, then environments in the manifest's order."""
+        checksum matched (LMDB trusts its pages), and then at once, by the
+        worker that hashed it, beside the hashing of the other files.  One
+        that no checksum vouched for is walked afterwards in a forked child.
+        Problems are reported files first, then environments in the
+        manifest's order.
+
+        One task per file or batch, walk included, and the results taken as
+        they complete (``as_completed`` waits on every future once): waiting
+        again on all pending futures after each completion took time in the
+        square of the number of files (docs/bench/many-envs.md)."""
         def digest(item: dict | list[dict]) -> list[tuple[dict, str | OSError]]:
             if isinstance(item, list):
                 d = self.b / item[0]["path"].rpartition("/")[0]
@@ -188,6 +194,15 @@ class _Checker:
 
         by_data = {env["data"]: env for env in envs}
         self.env_files.update(by_data)
+
+        def check(item: dict | list[dict]) -> list[tuple[dict, str | OSError, Any]]:
+            """Hash ``item``, then walk every environment whose data file matched."""
+            out = []
+            for e, got in digest(item):
+                walked = (_walk_env(self.b, by_data[e["path"]], False)
+                          if got == e["checksum"] and e["path"] in by_data else None)
+                out.append((e, got, walked))
+            return out
         large = [e for e in self.to_hash if e.get("size", 0) > small.SMALL_MAX]
         large.sort(key=lambda e: -e.get("size", 0))
         work: list[dict | list[dict]] = [*large, *small.batches(
@@ -196,32 +211,28 @@ class _Checker:
         walks: dict[str, Any] = {}
         pool = workers.executor(threads, "synfast-verify")
         try:
-            pending = {pool.submit(digest, item) for item in work}
-            while pending:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for future in done:
-                    for e, got in future.result():
-                        self.report.checksums_checked += 1
-                        if isinstance(got, OSError):
-                            self.problem(e["path"], f"cannot be read: {got.strerror or got}")
-                            self.bad_data.add(e["path"])
-                        elif got != e["checksum"]:
-                            self.problem(e["path"], "content differs from the manifest "
-                                         "(checksum mismatch)")
-                            self.bad_data.add(e["path"])
-                        elif e["path"] in by_data:
-                            walks[e["path"]] = pool.submit(_walk_env, self.b,
-                                                           by_data[e["path"]], False)
-            for env in envs:
-                if env["data"] in self.bad_data:
-                    self.problem(env["path"], "environment not opened: its data file does "
-                                 "not match the manifest")
-                    continue
-                future = walks.get(env["data"])
-                walked = future.result() if future else _walk_env(self.b, env, True)
-                _judge_env(env, walked, self.report, self.problem)
+            for future in as_completed([pool.submit(check, item) for item in work]):
+                for e, got, walked in future.result():
+                    self.report.checksums_checked += 1
+                    if isinstance(got, OSError):
+                        self.problem(e["path"], f"cannot be read: {got.strerror or got}")
+                        self.bad_data.add(e["path"])
+                    elif got != e["checksum"]:
+                        self.problem(e["path"], "content differs from the manifest "
+                                     "(checksum mismatch)")
+                        self.bad_data.add(e["path"])
+                    elif walked is not None:
+                        walks[e["path"]] = walked
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+        for env in envs:
+            if env["data"] in self.bad_data:
+                self.problem(env["path"], "environment not opened: its data file does "
+                             "not match the manifest")
+                continue
+            walked = walks.get(env["data"])
+            _judge_env(env, walked if walked is not None else _walk_env(self.b, env, True),
+                       self.report, self.problem)
 
     def unlisted(self) -> None:
         """Anything present that the manifest does not list is a problem."""

@@ -46,7 +46,7 @@ from pathlib import Path
 from synfast.files.sparse import shares_blocks
 from synfast.lmdb import SNAPSHOT_ENGINES, check_engine
 from synfast.lmdb.env import EnvCopyResult, copy_environment, require_reader_slot
-from synfast.lmdb.meta import EnvLocation, read_meta
+from synfast.lmdb.meta import EnvLocation
 from synfast.lmdb.pages import copy_pages
 from synfast.lmdb.snapshot import Snapshot, begin_together, open_snapshot, rebuild_data_file
 
@@ -60,8 +60,9 @@ class EnvironmentCopier:
     :func:`synfast.lmdb.choose.choose_engine` predicts it pays, and the other
     environments take a fresh snapshot when their copy starts.
 
-    ``writeback`` starts writing a ``compact``/``raw`` copy to disk while LMDB
-    is still copying, for a caller that fsyncs it afterwards.  ``destination``
+    ``writeback`` is for a caller that fsyncs every copy afterwards (a backup):
+    a ``compact``/``raw`` copy is written to disk while LMDB is still copying,
+    and the ``rebuild`` and ``pages`` engines leave the fsync to the caller.  ``destination``
     is the directory the copies are written under: ``auto`` picks ``pages``
     where it can share blocks with the source.  ``reflink`` ``"never"`` keeps
     the pages engine from sharing blocks (and ``auto`` from choosing it for that).
@@ -78,6 +79,8 @@ class EnvironmentCopier:
         self.chosen: dict[str, str] = {}
         #: Environments whose destination was found to share blocks with them.
         self.shares: set[str] = set()
+        #: Whether the destination shares blocks with a source filesystem, by st_dev.
+        self._shares_dev: dict[int, bool] = {}
         #: Wall-clock bounds of the moment the snapshots were begun in, if any were.
         self.snapshot_time: float | None = None
         self.snapshot_bound: float | None = None
@@ -93,7 +96,7 @@ class EnvironmentCopier:
             return
         try:
             for key, loc in envs:
-                self.snapshots[key] = open_snapshot(loc.path, begin=False)
+                self.snapshots[key] = open_snapshot(loc, begin=False)
             self.snapshot_time, self.snapshot_bound = begin_together(
                 [self.snapshots[key] for key, _ in envs])
         except BaseException:
@@ -110,7 +113,15 @@ class EnvironmentCopier:
         """``auto``'s engine for the begun snapshot of environment ``key``."""
         if self.destination is not None:
             where = self.destination if self.destination.is_dir() else self.destination.parent
-            if shares_blocks(snap.fileno(), where):
+            # One probe per source filesystem: each probe makes a file in the
+            # destination (O_TMPFILE) and copies a block into it.
+            st = os.fstat(snap.fileno())
+            shares = self._shares_dev.get(st.st_dev)
+            if shares is None:
+                shares = shares_blocks(snap.fileno(), where)
+                if st.st_size >= 4096:     # a smaller file proves nothing
+                    self._shares_dev[st.st_dev] = shares
+            if shares:
                 self.shares.add(key)
                 return "pages"
         if self.together:
@@ -137,12 +148,11 @@ class EnvironmentCopier:
         data_st = os.stat(loc.data_path)
         if self.chosen[key] == "pages":
             return self._copy_pages(key, snap, loc, out, display, mode, data_st)
-        raw = rebuild_data_file(snap, out, display, loc.data_path)
+        raw = rebuild_data_file(snap, out, display, loc.data_path, sync=not self.writeback)
         os.chmod(out, mode & 0o7777)
-        meta = read_meta(out)
         return EnvCopyResult(
             source=loc.path, destination=out, engine="rebuild", page_size=raw["page_size"],
-            map_size=raw["map_size"], last_pgno=meta.last_pgno if meta else 0,
+            map_size=raw["map_size"], last_pgno=raw["last_pgno"],
             txnid=raw["txnid"], txnid_exact=True, txnid_min=raw["txnid"],
             txnid_max=raw["txnid"], bytes_written=raw["bytes_written"],
             source_allocated=data_st.st_blocks * 512, source_apparent=data_st.st_size,
@@ -152,7 +162,7 @@ class EnvironmentCopier:
     def _copy_pages(self, key: str, snap: Snapshot, loc: EnvLocation, out: Path,
                     display: Path, mode: int, data_st: os.stat_result) -> EnvCopyResult:
         raw = copy_pages(snap, out, display, loc.data_path, mode=mode, reflink=self.reflink,
-                         shares=True if key in self.shares else None)
+                         shares=True if key in self.shares else None, sync=not self.writeback)
         return EnvCopyResult(
             source=loc.path, destination=out, engine="pages", page_size=raw["page_size"],
             map_size=raw["map_size"], last_pgno=raw["last_pgno"], txnid=raw["txnid"],

@@ -66,9 +66,10 @@ _CHECKS = ("check meta", "read free pages")
 def copy_pages(snap: Snapshot, out: Path, display: Path, source: str | os.PathLike[str], *,
                mode: int = 0o600, reflink: str = "auto", merge_pages: int | None = None,
                copy_file_range: str = "auto", writeback: bool = True,
-               shares: bool | None = None) -> dict[str, Any]:
+               shares: bool | None = None, sync: bool = True) -> dict[str, Any]:
     """Copy the begun snapshot ``snap`` page for page into the new data file
-    ``out`` (created with ``mode``, fsynced), then close the snapshot.
+    ``out`` (created with ``mode``, fsynced unless ``sync`` is false, for a
+    caller that fsyncs it afterwards anyway), then close the snapshot.
 
     Errors name ``display`` (the output's final name) for the destination and
     ``source`` for the environment.  On any failure ``out`` is removed.
@@ -93,7 +94,7 @@ def copy_pages(snap: Snapshot, out: Path, display: Path, source: str | os.PathLi
         with new_file(out, mode & 0o7777, display=display) as fd:
             os.fchmod(fd, mode & 0o7777)        # the mode asked for, whatever the umask
             moved = _fill(src_fd, fd, plan, size, reflink, copy_file_range, writeback,
-                          display, source)
+                          display, source, sync)
     finally:
         snap.close()
     del plan["ranges"], plan["meta"]
@@ -122,8 +123,10 @@ def snapshot_plan(snap: Snapshot, merge_pages: int,
 
 
 def _fill(src_fd: int, fd: int, plan: dict[str, Any], size: int, reflink: str, cfr: str,
-          writeback: bool, display: Path, source: str | os.PathLike[str]) -> dict[str, Any]:
-    """Size the new file, copy the plan's runs and write its meta pages, fsynced."""
+          writeback: bool, display: Path, source: str | os.PathLike[str],
+          sync: bool = True) -> dict[str, Any]:
+    """Size the new file, copy the plan's runs and write its meta pages, fsynced
+    when ``sync``."""
     try:
         os.ftruncate(fd, size)
         moved = copy_ranges(src_fd, fd, plan["ranges"],
@@ -137,7 +140,8 @@ def _fill(src_fd: int, fd: int, plan: dict[str, Any], size: int, reflink: str, c
                                  "the environment is damaged; check it with mdb_stat")
     try:
         os.pwrite(fd, snapshot_meta_pages(plan["meta"], plan["page_size"]), 0)
-        os.fsync(fd)
+        if sync:
+            os.fsync(fd)
     except OSError as err:
         raise convert_error(err, display) from err
     return {"method": moved["method"], "bytes_written": moved["bytes_written"],

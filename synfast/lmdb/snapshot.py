@@ -32,7 +32,7 @@ from synfast.errors import CopyFailed, DestinationExists, SynfastError, convert_
 from synfast.files.durable import fsync_dir, place, remove_path
 from synfast.lmdb._rebuild import Snapshot, begin_all
 from synfast.lmdb.env import LmdbError, destination_errno
-from synfast.lmdb.meta import env_layout
+from synfast.lmdb.meta import EnvLocation, env_layout
 
 __all__ = [
     "Snapshot",
@@ -44,16 +44,22 @@ __all__ = [
 ]
 
 
-def open_snapshot(path: str | os.PathLike[str], *, begin: bool = True) -> Snapshot:
+def open_snapshot(path: str | os.PathLike[str] | EnvLocation, *,
+                  begin: bool = True) -> Snapshot:
     """Open the environment at ``path`` read-only, with its lock file, and begin
     one read transaction (unless ``begin`` is false).
+
+    ``path`` is checked first (:func:`~synfast.lmdb.meta.env_layout`: a
+    directory holding a data file, or a data file, with an LMDB meta page),
+    unless it is the :class:`~synfast.lmdb.meta.EnvLocation` a walk found by
+    that same check: a tree of thousands of environments is not checked twice.
 
     The snapshot holds the transaction until ``close()``: a live writer keeps
     every page it can reach, so the environment's file may grow meanwhile.
     Never open the same environment twice in one process (with this module or
     py-lmdb): closing either handle would drop the other's locks.
     """
-    p, subdir = env_layout(path)
+    p, subdir = (path.path, path.subdir) if isinstance(path, EnvLocation) else env_layout(path)
     try:
         return Snapshot(os.fspath(p), subdir=subdir, begin=begin)
     except LmdbError as err:
@@ -116,7 +122,7 @@ def rebuild_environment(
 
     Returns the engine's report: ``engine``, ``txnid``, ``page_size``,
     ``map_size``, ``entries``, ``named_databases``, ``bytes_written``,
-    ``elapsed`` (seconds) and ``path``.
+    ``last_pgno`` (the copy's), ``elapsed`` (seconds) and ``path``.
     """
     dst = Path(dst)
     if os.path.lexists(dst):
@@ -179,9 +185,14 @@ def _output_error(err: LmdbError, tmp: Path, dst: Path) -> SynfastError | None:
 
 
 def rebuild_data_file(snap: Snapshot, out: Path, display: Path,
-                      source: str | os.PathLike[str]) -> dict[str, Any]:
+                      source: str | os.PathLike[str], *, sync: bool = True) -> dict[str, Any]:
     """Rebuild ``snap`` into the new single data file ``out`` of a tree being
     built (copy and backup), then close the snapshot.  Returns the engine's report.
+
+    The file is fsynced before this returns, unless ``sync`` is false: for a
+    caller that fsyncs it afterwards anyway (a backup applies the file's
+    metadata, takes its checksum and fsyncs it), a second fsync per
+    environment is one more journal commit for nothing.
 
     On any failure ``out`` is removed.  An LMDB failure of the destination
     (a full disk, which LMDB reports as EIO) becomes that OS error naming
@@ -190,7 +201,7 @@ def rebuild_data_file(snap: Snapshot, out: Path, display: Path,
     """
 
     try:
-        return snap.rebuild(os.fspath(out), subdir=False)
+        return snap.rebuild(os.fspath(out), subdir=False, sync=sync)
     except LmdbError as err:
         mine = _destination_error(err, out, display)
         remove_path(out)

@@ -115,7 +115,8 @@ def describe(note: dict) -> str:
         parts.append(f"pid {note['pid']}")
     for key, word in (("destination", "into"), ("root", "of"), ("started", "since")):
         if isinstance(note.get(key), str):
-            parts.append(f"{word} {note[key][:300]}")
+            text = "".join(c if c.isprintable() else "?" for c in note[key][:300])
+            parts.append(f"{word} {text}")
     return ", ".join(parts) or "holder unknown"
 
 

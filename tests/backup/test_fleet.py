@@ -334,3 +334,14 @@ def test_too_small_a_hard_limit_is_refused_before_anything(tmp_path: Path,
     proc = run_cli("backup", "--quiet", "--lmdb-engine", "compact", many_envs,
                    tmp_path / "bk", preexec_fn=_limit(1024, 1024))
     assert proc.returncode == 0, proc.stderr
+
+
+def test_a_holders_note_is_untrusted_text(tmp_path: Path) -> None:
+    """The lock file's note may be written by any local user: what it says is
+    shown on one line, control characters replaced."""
+    svc = service(tmp_path)
+    note = {"pid": 4242, "destination": "/x\nsynfast: error: fake\x1b[2J", "started": 7}
+    with locks.source_lock(svc, note, wait=None):
+        proc = run_cli("backup", svc, tmp_path / "bk")
+    assert_one_line_error(proc, "pid 4242", "into /x?synfast: error: fake?[2J", code=75)
+    assert not (tmp_path / "bk").exists()

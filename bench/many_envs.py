@@ -114,26 +114,14 @@ def allocated(root: Path, name: str | None = None) -> int:
 
 
 def warm(root: Path) -> None:
-    """Read every data extent under ``root`` (holes are skipped: a 1 GiB sparse
-    data file is read as the few pages it holds)."""
+    """Read every data extent of every file under ``root`` (holes are skipped:
+    a 1 GiB sparse data file is read as the few pages it holds)."""
+    sys.path.insert(0, os.fspath(Path(__file__).resolve().parent.parent))
+    from bench.sparse_copy import warm as warm_file
+
     for dirpath, _dirs, names in os.walk(root):
         for f in names:
-            fd = os.open(os.path.join(dirpath, f), os.O_RDONLY)
-            try:
-                size, pos = os.fstat(fd).st_size, 0
-                while pos < size:
-                    try:
-                        pos = os.lseek(fd, pos, os.SEEK_DATA)
-                    except OSError:
-                        break
-                    end = os.lseek(fd, pos, os.SEEK_HOLE)
-                    while pos < end:
-                        got = os.pread(fd, min(1 << 20, end - pos), pos)
-                        if not got:
-                            break
-                        pos += len(got)
-            finally:
-                os.close(fd)
+            warm_file(Path(dirpath) / f)
 
 
 def fresh_fs(image: Path, mnt: Path) -> None:

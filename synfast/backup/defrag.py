@@ -251,7 +251,8 @@ def _rebuild_one(svc: Path, e: EnvDefrag, keep_dir, cancel: workers.Cancel) -> N
                              f"({got} against {counts}); it was left as it was",
                              "report this; the environment is unchanged")
         os.chmod(tmp, st.st_mode & 0o7777)
-        if (os.stat(tmp).st_uid, os.stat(tmp).st_gid) != (st.st_uid, st.st_gid):
+        tst = os.stat(tmp)
+        if (tst.st_uid, tst.st_gid) != (st.st_uid, st.st_gid):
             os.chown(tmp, st.st_uid, st.st_gid)
         hooks.pause_point("defrag-rebuilt", cancel)
         with workers.signals_blocked():

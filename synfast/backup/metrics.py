@@ -181,17 +181,20 @@ def check_path(path: str | os.PathLike[str] | None) -> None:
 
 # -- the labels and figures of each command -----------------------------------
 
+def _root(target: str) -> str:
+    """The ``root`` label of a backup's place: its directory as given (before
+    strftime fields are expanded, so that one nightly job keeps one series),
+    ``-`` for a stream, ``borg:REPO`` for borg."""
+    if target == "-":
+        return "-"
+    if target.startswith("borg:"):
+        return target.split("::", 1)[0]
+    return os.path.dirname(os.path.abspath(target))
+
+
 def backup_labels(source: str, destination: str) -> dict[str, str]:
-    """``source`` and ``root``: where backups of it go (the destination's
-    directory as given, before its strftime fields are expanded, so that one
-    nightly job keeps one series), ``-`` for a stream, ``borg:REPO`` for borg."""
-    if destination == "-":
-        root = "-"
-    elif destination.startswith("borg:"):
-        root = destination.split("::", 1)[0]
-    else:
-        root = os.path.dirname(os.path.abspath(destination))
-    return {"source": os.path.abspath(source), "root": root}
+    """``source`` and ``root`` (see :func:`_root`) of a backup."""
+    return {"source": os.path.abspath(source), "root": _root(destination)}
 
 
 def verify_labels(backup: str) -> dict[str, str]:
@@ -202,9 +205,7 @@ def verify_labels(backup: str) -> dict[str, str]:
     if backup != "-" and not backup.startswith("borg:") and os.path.isdir(backup):
         with contextlib.suppress(SynfastError, OSError, ValueError, KeyError, TypeError):
             source = str(manifest.read(backup)["source"])
-    root = backup.split("::", 1)[0] if backup.startswith("borg:") else (
-        "-" if backup == "-" else os.path.dirname(os.path.abspath(backup)))
-    return {"source": source, "root": root}
+    return {"source": source, "root": _root(backup)}
 
 
 def backup_values(totals: dict, *, written: int | None = None,

@@ -24,20 +24,21 @@ RESERVED_DESCRIPTORS = 64
 def raise_open_files() -> int:
     """Raise the soft RLIMIT_NOFILE to the hard limit; return the soft limit now."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard
     if hard == resource.RLIM_INFINITY:
         # An unlimited hard limit still stops at the kernel's fs.nr_open.
         try:
             with open("/proc/sys/fs/nr_open") as f:
-                hard = int(f.read())
+                target = int(f.read())
         except (OSError, ValueError):
             return soft
-    if soft == resource.RLIM_INFINITY or soft >= hard:
+    if soft == resource.RLIM_INFINITY or soft >= target:
         return soft
     try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard if hard else soft))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
     except (ValueError, OSError):
         return soft
-    return hard
+    return target
 
 
 def open_files_limit() -> int:

@@ -18,6 +18,7 @@ T = TypeVar("T", bound=BaseException)
 
 if TYPE_CHECKING:
     import typer
+    import typer.models
 
 __all__ = ["app", "main", "COMMANDS"]
 
@@ -42,6 +43,62 @@ def load_commands(argv: list[str] | None = None) -> typer.Typer:
     for module in wanted:
         importlib.import_module(f"synfast.cli.{module}")
     return app
+
+
+def for_line(app: typer.Typer, words: list[str]) -> typer.Typer:
+    """A shallow copy of ``app`` that holds only what the command line ``words``
+    reaches: the command they name, with all its options, or, when they name
+    none (``synfast --help``, ``synfast url``), every command with its name and
+    help alone.  Typer builds a command's options from its function's signature
+    when it runs the app (about a millisecond each); ``--help`` would build them
+    all to print one line per command.  The apps themselves are left whole."""
+    import copy
+
+    lean = copy.copy(app)
+    at = next((i for i, w in enumerate(words) if not w.startswith("-")), None)
+    name = words[at] if at is not None else None
+    rest = words[at + 1:] if at is not None else []
+    named = [c for c in app.registered_commands if c.name == name]
+    groups = [g for g in app.registered_groups if g.name == name]
+    if named or groups:
+        lean.registered_commands = named
+        lean.registered_groups = [_group(g, for_line(g.typer_instance, rest)) for g in groups]
+    else:
+        lean.registered_commands = [_listed(c) for c in app.registered_commands]
+        lean.registered_groups = [_group(g, _empty(g.typer_instance))
+                                  for g in app.registered_groups]
+    return lean
+
+
+def _group(info: typer.models.TyperInfo, app: typer.Typer) -> typer.models.TyperInfo:
+    import copy
+
+    lean = copy.copy(info)
+    lean.typer_instance = app
+    return lean
+
+
+def _empty(app: typer.Typer | None) -> typer.Typer:
+    """A group as a list of commands shows it: its help, no commands."""
+    import copy
+
+    lean = copy.copy(app)
+    lean.registered_commands, lean.registered_groups = [], []
+    return lean
+
+
+def _listed(info: typer.models.CommandInfo) -> typer.models.CommandInfo:
+    """A command as a list of commands shows it: its name and help, no options."""
+    import copy
+
+    def listed() -> None:  # pragma: no cover - the line named no command to run
+        raise AssertionError("a listed command is never run")
+
+    assert info.callback is not None
+    listed.__doc__, listed.__name__ = info.callback.__doc__, info.callback.__name__
+    lean = copy.copy(info)
+    lean.callback = listed
+    return lean
 
 
 def __getattr__(name: str) -> object:
@@ -124,7 +181,7 @@ def _run(args: list[str]) -> None:
     from synfast.errors import Terminated
 
     try:
-        load_commands(args)(args=args, prog_name="synfast")
+        for_line(load_commands(args), args)(args=args, prog_name="synfast")
     except SystemExit as done:
         # Typer turns KeyboardInterrupt into exit code 130; SIGTERM's is 143.
         term = _caused_by(done, Terminated) if done.code == 130 else None

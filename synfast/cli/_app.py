@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import typer
 
 from synfast import __version__
 
 
-@dataclass
 class State:
+    """What the global options set for the command that runs (a plain class:
+    importing ``dataclasses`` would cost every command a few milliseconds)."""
+
     debug: bool = False
 
 

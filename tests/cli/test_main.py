@@ -42,6 +42,37 @@ def test_every_command_is_listed_and_only_the_one_run_is_loaded() -> None:
     assert len(ast.literal_eval(out)) == len(set(COMMANDS.values()))
 
 
+def _render(app: object, words: list[str]) -> tuple[str, int]:
+    from typer.testing import CliRunner
+
+    r = CliRunner().invoke(app, words, prog_name="synfast")
+    return r.output, r.exit_code
+
+
+def test_the_lean_app_shows_what_the_whole_app_shows() -> None:
+    """``for_line`` leaves out what a command line cannot reach; help, errors
+    and suggestions must read exactly as the whole app's."""
+    from synfast.cli import for_line, load_commands
+
+    app = load_commands()
+    for words in (["--help"], [], ["--debug"], ["url"], ["url", "--help"], ["certs"],
+                  ["url", "parse", "--help"], ["backup", "--help"], ["bakup"],
+                  ["url", "nosuch"], ["--debug", "certs", "list", "--help"], ["--version"]):
+        assert _render(for_line(app, words), words) == _render(app, words), words
+    # what is built: only the named command, or every name with no options
+    lean = for_line(app, ["--debug", "url", "parse", "tcp://h"])
+    assert [c.name for c in lean.registered_commands] == []
+    [url] = lean.registered_groups
+    assert [c.name for c in url.typer_instance.registered_commands] == ["parse"]
+    listing = for_line(app, ["--help"])
+    assert len(listing.registered_commands) == len(app.registered_commands)
+    assert all(not c.callback.__code__.co_varnames for c in listing.registered_commands)
+    assert all(not g.typer_instance.registered_commands for g in listing.registered_groups)
+    # the apps themselves are left whole
+    assert len(app.registered_groups) == 2
+    assert all(g.typer_instance.registered_commands for g in app.registered_groups)
+
+
 def test_debug_shows_the_traceback(tmp_path: Path) -> None:
     proc = run_cli("--debug", "copy", tmp_path / "nope", tmp_path / "dst")
     assert proc.returncode != 0 and "Traceback" in proc.stderr

@@ -4,8 +4,9 @@ canonical checksum, and an incremental hasher.
 
 The checksum (``xxh3-128-sparse-v3``, defined in ``synfast.backup.checksum``)
 hashes each 64 MiB segment of a file on its own.  :func:`segment_digests`
-reads a segment's data blocks with pread (blocks inside holes are never read),
-feeds the canonical form (``D`` + block, ``Z`` + length of a run of zero
+(segments.pxi) reads a segment's data blocks through a mapping of the file
+where they are cached, with pread elsewhere (blocks inside holes are never
+read), feeds the canonical form (``D`` + block, ``Z`` + length of a run of zero
 blocks, ``E`` + segment length) to XXH3-128, and runs without the GIL, so the
 caller hashes segments on every core.  :class:`XXH3` is the same hash for
 bytes already in memory (a stream); it releases the GIL on large updates.
@@ -22,6 +23,10 @@ from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
 from cerrno cimport EINTR, EIO, EFBIG
 from cfcntl cimport openat, O_RDONLY, O_NOFOLLOW, O_CLOEXEC
 from cunistd cimport pread, read, close
+from cmman cimport mmap, munmap, MAP_FAILED, MAP_SHARED, PROT_READ
+from csigbus_guard cimport sf_guard_install, sf_guarded
+from ccachestat cimport sf_cached_pages
+from posix.unistd cimport sysconf, _SC_PAGESIZE
 
 cdef extern from "xxh_shim.h" nogil:
     ctypedef struct XXH3_state_t:
@@ -46,7 +51,16 @@ cdef enum:
     SEGMENT = 64 * 1024 * 1024
     # Bytes read per pread: 16 blocks.
     CAP = 16 * 65536
+    # Data ranges at least this long whose pages are all in the page cache
+    # are hashed through a mapping of the file (no copy out of the cache: a
+    # third of pread's CPU time here); shorter ones are read (a mapping costs
+    # two system calls and a TLB flush), and so are ranges not cached, since a
+    # fault's read-ahead (8 MiB here) would also fill the cache from the
+    # holes around the range.
+    MAP_MIN = 1024 * 1024
     DIGEST = 16
+
+cdef long PAGE = sysconf(_SC_PAGESIZE)
 
 # Updates smaller than this keep the GIL (releasing it costs more).
 cdef size_t NOGIL_MIN = 4096
@@ -98,95 +112,7 @@ cdef uint64_t _feed_blocks(XXH3_state_t *st, const uint8_t *p, size_t n,
     return zero_run
 
 
-cdef int _segment(int fd, Seg *s, XXH3_state_t *st, uint8_t *buf) noexcept nogil:
-    """The digest of one segment into ``s.digest``.  0 or an errno."""
-    cdef off_t pos = s.start, rs, re, n, got
-    cdef off_t zero_run = 0
-    cdef ssize_t k
-    cdef Py_ssize_t i
-    cdef XXH128_canonical_t out
-    XXH3_128bits_reset(st)
-    for i in range(s.nranges):
-        rs = s.ranges[2 * i]
-        re = s.ranges[2 * i + 1]
-        if pos < rs:
-            zero_run += rs - pos
-            pos = rs
-        while pos < re:
-            n = re - pos
-            if n > CAP:
-                n = CAP
-            got = 0
-            while got < n:
-                k = pread(fd, buf + got, <size_t>(n - got), pos + got)
-                if k < 0:
-                    if errno == EINTR:
-                        continue
-                    return errno
-                if k == 0:
-                    return EIO          # the file shrank under us
-                got += k
-            zero_run = <off_t>_feed_blocks(st, buf, <size_t>n, <uint64_t>zero_run)
-            pos += n
-    zero_run += s.end - pos
-    if zero_run:
-        _tag(st, 90, <uint64_t>zero_run, True)
-    _tag(st, 69, <uint64_t>(s.end - s.start), True)                # 'E'
-    XXH128_canonicalFromHash(&out, XXH3_128bits_digest(st))
-    for i in range(DIGEST):
-        s.digest[i] = out.digest[i]
-    return 0
-
-
-def segment_digests(int fd, list segments):
-    """XXH3-128 of the canonical stream of each segment of the file open on ``fd``.
-
-    ``segments`` is a list of ``(start, end, ranges)``, ``ranges`` the sorted
-    block-aligned ``(first, end)`` ranges inside the segment that touch data.
-    Returns one 16-byte digest (canonical, big-endian) per segment, in order.
-    """
-    cdef Py_ssize_t nseg = len(segments)
-    cdef Py_ssize_t i, j, total = 0
-    cdef Seg *segs = NULL
-    cdef off_t *pairs = NULL
-    cdef uint8_t *buf = NULL
-    cdef XXH3_state_t *st = NULL
-    cdef int rc = 0
-    for seg in segments:
-        total += len(seg[2])
-    segs = <Seg *>calloc(nseg if nseg else 1, sizeof(Seg))
-    pairs = <off_t *>calloc(2 * total if total else 1, sizeof(off_t))
-    buf = <uint8_t *>calloc(CAP, 1)
-    st = XXH3_createState()
-    try:
-        if segs == NULL or pairs == NULL or buf == NULL or st == NULL:
-            raise MemoryError()
-        total = 0
-        for i, (start, end, ranges) in enumerate(segments):
-            segs[i].start = start
-            segs[i].end = end
-            segs[i].ranges = pairs + 2 * total
-            segs[i].nranges = len(ranges)
-            for j, (first, last) in enumerate(ranges):
-                pairs[2 * (total + j)] = first
-                pairs[2 * (total + j) + 1] = last
-            total += len(ranges)
-        with nogil:
-            for i in range(nseg):
-                rc = _segment(fd, &segs[i], st, buf)
-                if rc:
-                    break
-        if rc:
-            import os
-            raise OSError(rc, os.strerror(rc) if rc != EIO else
-                          "file shrank while being checksummed")
-        return [(<char *>segs[i].digest)[:DIGEST] for i in range(nseg)]
-    finally:
-        if st != NULL:
-            XXH3_freeState(st)
-        free(buf)
-        free(segs)
-        free(pairs)
+include "segments.pxi"
 
 
 cdef void _whole(const uint8_t *p, uint64_t n, XXH3_state_t *st, uint8_t *out) noexcept nogil:

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import struct
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -163,16 +165,109 @@ def test_damage_changes_every_algorithms_checksum(tmp_path: Path, algorithm: str
     assert cks.checksum_file(path, algorithm) != before
 
 
-def test_a_file_that_shrinks_is_an_error(tmp_path: Path) -> None:
+def test_long_ranges_are_hashed_through_a_mapping_as_defined(tmp_path: Path) -> None:
+    """Ranges of 1 MiB and more are hashed from a mapping of the file, shorter
+    ones read: both, side by side in a segment, against the definition."""
     path = tmp_path / "f"
-    path.write_bytes(os.urandom(3 * BLOCK))
+    size = (2 * cks.SEGMENT) + 3 * BLOCK + 4321          # EOF inside a page
+    zeros_inside = os.urandom(2 << 20) + bytes(3 * BLOCK) + os.urandom(BLOCK + 17)
+    write_layout(path, size, [
+        (BLOCK, zeros_inside),                             # mapped, zero blocks inside
+        (8 << 20, os.urandom(100_000)),                    # read: shorter than 1 MiB
+        (cks.SEGMENT - (1 << 20), os.urandom(3 << 20)),    # mapped, split by the segment end
+        (size - (5 << 20), os.urandom(5 << 20)),           # mapped up to the unaligned end
+    ])
+    data = path.read_bytes()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        segments = cks.segments_of(fd, size)
+        assert any(e - s >= 1 << 20 for _, _, r in segments for s, e in r)
+        assert any(e - s < 1 << 20 for _, _, r in segments for s, e in r)
+        got = _hash.segment_digests(fd, segments)
+    finally:
+        os.close(fd)
+    assert got == [reference_segment(data, s0, s1) for s0, s1, _ in segments]
+    assert cks.checksum_file(path) == reference_file(path)
+
+
+@pytest.mark.parametrize("length", [3 * BLOCK, 4 << 20])
+def test_a_file_that_shrinks_is_an_error(tmp_path: Path, length: int) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(os.urandom(length))
     fd = os.open(path, os.O_RDONLY)
     try:
         os.truncate(path, BLOCK)
         with pytest.raises(OSError, match="shrank"):
-            _hash.segment_digests(fd, [(0, 3 * BLOCK, [(0, 3 * BLOCK)])])
+            _hash.segment_digests(fd, [(0, length, [(0, length)])])
     finally:
         os.close(fd)
+
+
+def test_a_file_cut_short_while_mapped_is_an_error_not_a_crash(tmp_path: Path) -> None:
+    """A cached range is hashed through a mapping; a file truncated while that
+    happens raises SIGBUS on the pages past its new end, which is caught and
+    becomes the same error as a short read.  Another thread cuts and refills
+    the file while it is hashed, in a child with faulthandler on: a SIGBUS let
+    through ends the child and fails the test.  Every run of a correct build
+    passes; a build without the guard fails as soon as a cut lands inside a
+    hash, which in 300 hashes it does."""
+    path = tmp_path / "f"
+    child = f"""
+import faulthandler, os, threading
+from synfast.backup import _hash
+faulthandler.enable()
+path, n = {str(path)!r}, 8 << 20
+data = os.urandom(n)
+with open(path, "wb") as f:
+    f.write(data)
+done = threading.Event()
+def cut():
+    wfd = os.open(path, os.O_WRONLY)
+    while not done.is_set():
+        os.truncate(path, {BLOCK})
+        os.pwrite(wfd, data, 0)
+    os.close(wfd)
+t = threading.Thread(target=cut)
+t.start()
+fd = os.open(path, os.O_RDONLY)
+errors = 0
+try:
+    for _ in range(300):
+        try:
+            _hash.segment_digests(fd, [(0, n, [(0, n)])])
+        except OSError as err:
+            assert "shrank" in str(err), err
+            errors += 1
+finally:
+    done.set()
+    t.join()
+print("ok", errors)
+"""
+    proc = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("ok")
+
+
+def test_a_sigbus_elsewhere_still_reaches_faulthandler(tmp_path: Path) -> None:
+    """The guard catches SIGBUS only inside a hash of a mapping; anywhere else
+    the handler that was there before runs (here faulthandler's, which names
+    the fault and ends the process)."""
+    path = tmp_path / "f"
+    path.write_bytes(os.urandom(4 << 20))
+    child = f"""
+import faulthandler, mmap, os
+from synfast.backup import _hash
+faulthandler.enable()
+fd = os.open({str(path)!r}, os.O_RDONLY)
+_hash.segment_digests(fd, [(0, 4 << 20, [(0, 4 << 20)])])
+m = mmap.mmap(fd, 4 << 20, prot=mmap.PROT_READ)
+os.truncate({str(path)!r}, 0)
+print(m[3 << 20])
+"""
+    proc = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGBUS
+    assert "Bus error" in proc.stderr
 
 
 @pytest.mark.parametrize("algorithm", list(cks.ALGORITHMS))

@@ -253,10 +253,15 @@ def test_interrupted_backup_stops_promptly_and_removes_its_partial(
     svc = service(tmp_path)
     write_layout(svc / "blob", 8 << 20, [(0, os.urandom(4 << 20))])
     dst = tmp_path / "bk"
-    proc = run_until_paused(point, svc, dst)
+    proc = run_until_paused(point, svc, dst, env={"PYTHONFAULTHANDLER": "1"})
     proc.send_signal(signum)
     try:
         assert proc.wait(timeout=30) == code
+    except subprocess.TimeoutExpired:
+        # faulthandler prints every thread's stack on SIGABRT: where it hangs
+        proc.send_signal(signal.SIGABRT)
+        proc.wait(timeout=30)
+        raise AssertionError(f"no exit 30 s after the signal:\n{proc.stderr.read()}") from None
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -17,6 +17,11 @@ run's :class:`Cancel`, and workers that check it (between items, between chunks
 of a paced copy, inside a test hook's pause) stop with :class:`Cancelled`
 instead of finishing work nobody wants.
 
+A stop signal is also noted (:func:`note_stop`): Python drops an exception
+that a signal handler raises while the main thread runs a finalizer
+(``__del__``, a weakref callback), so the long waits here look at the note as
+well, and a signal is never lost.
+
 ``concurrent.futures`` is imported only when a pool is needed: it brings
 ``logging``, 10 ms of start-up that a one-file copy does not need.
 """
@@ -27,6 +32,7 @@ import functools
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -39,6 +45,26 @@ T = TypeVar("T")
 #: The signals that must reach the main thread (the command line turns SIGTERM
 #: and SIGHUP into :class:`synfast.errors.Terminated`).
 SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
+
+#: The stop signal the process received, once one did (see :func:`note_stop`).
+_STOPPED_BY: int | None = None
+#: How often the long waits look at that note, in seconds.
+STOP_POLL = 1.0
+
+
+def note_stop(signum: int) -> None:
+    """Note that ``signum`` (SIGTERM, SIGHUP) asked the process to stop; the
+    handler that calls this raises :class:`~synfast.errors.Terminated` too."""
+    global _STOPPED_BY
+    _STOPPED_BY = signum
+
+
+def check_stop() -> None:
+    """Raise :class:`~synfast.errors.Terminated` if a stop signal was noted."""
+    if _STOPPED_BY is not None:
+        from synfast.errors import Terminated
+
+        raise Terminated(_STOPPED_BY)
 
 
 class Cancelled(Exception):
@@ -63,9 +89,17 @@ class Cancel:
             raise Cancelled()
 
     def sleep(self, seconds: float) -> None:
-        """Sleep ``seconds``, or raise :class:`Cancelled` as soon as the run is cancelled."""
-        if self._event.wait(seconds):
-            raise Cancelled()
+        """Sleep ``seconds``, or raise :class:`Cancelled` as soon as the run is
+        cancelled (or :class:`~synfast.errors.Terminated` once a stop signal
+        was noted)."""
+        end = time.monotonic() + seconds
+        while True:
+            left = end - time.monotonic()
+            if self._event.wait(max(0.0, min(left, STOP_POLL))):
+                raise Cancelled()
+            check_stop()
+            if left <= STOP_POLL:
+                return
 
 
 @contextmanager
@@ -169,7 +203,12 @@ def run_all(fn: Callable[[T], object], items: list[T], workers: int, name: str, 
     pool = executor(workers, name)
     try:
         futures = [pool.submit(fn, item) for item in items]
-        done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+        while True:
+            done, pending = wait(futures, timeout=STOP_POLL, return_when=FIRST_EXCEPTION)
+            if not pending or any(not f.cancelled() and f.exception() is not None
+                                  for f in done):
+                break
+            check_stop()
     except BaseException:
         if cancel is not None:
             cancel.set()

@@ -13,9 +13,9 @@ PACKAGE = ROOT / "synfast"
 
 #: Layers, lowest first.  A module may import its own package and lower layers;
 #: packages of one layer (lmdb and tls) may not import each other.
-RANK = {"synfast.errors": 0, "synfast.workers": 0, "synfast.limits": 1,
-        "synfast.files": 1, "synfast.lmdb": 2, "synfast.tls": 2, "synfast.copy": 3,
-        "synfast.backup": 4, "synfast.cli": 5, "synfast.__main__": 6}
+RANK = {"synfast.errors": 0, "synfast.workers": 1, "synfast.limits": 2,
+        "synfast.files": 2, "synfast.lmdb": 3, "synfast.tls": 3, "synfast.copy": 4,
+        "synfast.backup": 5, "synfast.cli": 6, "synfast.__main__": 7}
 
 
 def _modules() -> dict[str, Path]:

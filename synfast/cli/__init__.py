@@ -58,8 +58,8 @@ def for_line(app: typer.Typer, words: list[str]) -> typer.Typer:
     at = next((i for i, w in enumerate(words) if not w.startswith("-")), None)
     name = words[at] if at is not None else None
     rest = words[at + 1:] if at is not None else []
-    named = [c for c in app.registered_commands if c.name == name]
-    groups = [g for g in app.registered_groups if g.name == name]
+    named = [c for c in app.registered_commands if name is not None and c.name == name]
+    groups = [g for g in app.registered_groups if name is not None and g.name == name]
     if named or groups:
         lean.registered_commands = named
         lean.registered_groups = [_group(g, for_line(g.typer_instance, rest)) for g in groups]
@@ -148,9 +148,11 @@ def _terminate_as_interrupt() -> None:
     removed, and the process exits 143 (SIGTERM) or 129 (SIGHUP)."""
     import signal
 
+    from synfast import workers
     from synfast.errors import Terminated
 
     def handler(signum: int, _frame: object) -> None:
+        workers.note_stop(signum)
         raise Terminated(signum)
 
     signal.signal(signal.SIGTERM, handler)

@@ -256,7 +256,7 @@ def test_interrupted_backup_stops_promptly_and_removes_its_partial(
     proc = run_until_paused(point, svc, dst, env={"PYTHONFAULTHANDLER": "1"})
     proc.send_signal(signum)
     try:
-        assert proc.wait(timeout=30) == code
+        rc = proc.wait(timeout=30)
     except subprocess.TimeoutExpired:
         # faulthandler prints every thread's stack on SIGABRT: where it hangs
         proc.send_signal(signal.SIGABRT)
@@ -265,8 +265,9 @@ def test_interrupted_backup_stops_promptly_and_removes_its_partial(
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert "Traceback" not in proc.stderr.read()
-    assert not dst.exists() and not (tmp_path / "bk.partial").exists()
+    err = proc.stderr.read()
+    assert rc == code and "Traceback" not in err, (rc, err)
+    assert not dst.exists() and not (tmp_path / "bk.partial").exists(), err
 
 
 def test_running_backup_partial_is_left_alone(tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ import contextlib
 import errno
 import os
 import shutil
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -108,18 +109,33 @@ def remove_path(path: str | os.PathLike[str]) -> None:
             os.unlink(path)
 
 
+#: How long :func:`remove_unfinished` keeps removing a tree that workers still
+#: write into.
+UNFINISHED_PATIENCE = 5.0
+
+
 def remove_unfinished(tree: str | os.PathLike[str],
                       first: str | os.PathLike[str] | None = None) -> None:
     """Remove the unfinished output ``tree`` after a failure or a signal, with
     SIGINT, SIGTERM and SIGHUP held off until it is gone: a second Ctrl-C or
     SIGTERM (systemd and Kubernetes send another before SIGKILL) does not cut
     the removal short.  ``first`` (a backup's manifest) goes before anything
-    else, so that what a SIGKILL leaves never looks complete."""
+    else, so that what a SIGKILL leaves never looks complete.
+
+    After a signal the workers are not waited for, and one may still create a
+    file in a directory of the tree while it is removed (that directory's
+    removal then fails); the removal is repeated until the tree is gone, for
+    up to :data:`UNFINISHED_PATIENCE` seconds.  Once its top directory is gone
+    nothing can be created in it again."""
     with workers.signals_blocked():
         if first is not None:
             with contextlib.suppress(OSError):
                 os.unlink(first)
+        give_up = time.monotonic() + UNFINISHED_PATIENCE
         remove_path(tree)
+        while os.path.lexists(tree) and time.monotonic() < give_up:
+            time.sleep(0.01)
+            remove_path(tree)
 
 
 def sync_filesystem(path: str | os.PathLike[str]) -> None:

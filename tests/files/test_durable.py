@@ -82,3 +82,30 @@ def test_temp_siblings_are_hidden_fresh_names_beside_the_target(tmp_path: Path) 
     durable.remove_path(b)
     durable.remove_path(a)      # missing: fine
     assert _names(tmp_path) == []
+
+
+def test_an_unfinished_tree_is_removed_while_a_worker_still_writes_into_it(
+        tmp_path: Path) -> None:
+    """After Ctrl-C the workers are not waited for: one may create files in the
+    partial tree while it is being removed.  The tree must still be gone."""
+    import threading
+    import time
+
+    tree = tmp_path / "bk.partial"
+    (tree / "d").mkdir(parents=True)
+    for i in range(2000):              # so that one pass of the removal takes a while
+        (tree / "d" / f"f{i}").write_bytes(b"x")
+
+    def worker() -> None:              # a worker finishing its item: 200 more files
+        for i in range(200):
+            try:
+                (tree / "d" / f"late{i}").write_bytes(b"x")
+            except FileNotFoundError:  # its directory is gone: it stops
+                return
+            time.sleep(0.001)
+
+    t = threading.Thread(target=worker)
+    t.start()
+    durable.remove_unfinished(tree, tree / "manifest.json")
+    t.join()
+    assert not tree.exists()

@@ -18,7 +18,9 @@
 #include <signal.h>
 #include <string.h>
 
-static __thread sigjmp_buf *sf_guard_jump;
+/* initial-exec: read in a signal handler, the variable must not be allocated
+ * lazily by __tls_get_addr (this is a dlopen'ed module). */
+static __thread sigjmp_buf *sf_guard_jump __attribute__((tls_model("initial-exec")));
 static struct sigaction sf_guard_previous;
 static int sf_guard_installed;
 
@@ -37,8 +39,11 @@ static void sf_guard_handler(int sig, siginfo_t *info, void *context)
         sf_guard_previous.sa_handler(sig);
         return;
     }
-    /* The default action: the faulting access runs again and kills us. */
+    /* The default action: a faulting access runs again and kills us; a
+     * SIGBUS sent by kill() is sent again. */
     signal(sig, SIG_DFL);
+    if (info == NULL || info->si_code <= 0)
+        raise(sig);
 }
 
 static int sf_guard_install(void)

@@ -268,6 +268,18 @@ print(m[3 << 20])
     proc = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True)
     assert proc.returncode == -signal.SIGBUS
     assert "Bus error" in proc.stderr
+    # without faulthandler, a SIGBUS sent by kill() still ends the process
+    path.write_bytes(os.urandom(4 << 20))
+    child = f"""
+import os, signal
+from synfast.backup import _hash
+fd = os.open({str(path)!r}, os.O_RDONLY)
+_hash.segment_digests(fd, [(0, 4 << 20, [(0, 4 << 20)])])
+os.kill(os.getpid(), signal.SIGBUS)
+print("survived")
+"""
+    proc = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGBUS and "survived" not in proc.stdout
 
 
 @pytest.mark.parametrize("algorithm", list(cks.ALGORITHMS))

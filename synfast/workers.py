@@ -204,9 +204,10 @@ def run_all(fn: Callable[[T], object], items: list[T], workers: int, name: str, 
     try:
         futures = [pool.submit(fn, item) for item in items]
         while True:
-            done, pending = wait(futures, timeout=STOP_POLL, return_when=FIRST_EXCEPTION)
-            if not pending or any(not f.cancelled() and f.exception() is not None
-                                  for f in done):
+            _, pending = wait(futures, timeout=STOP_POLL, return_when=FIRST_EXCEPTION)
+            failed = next((f for f in futures if f.done() and not f.cancelled()
+                           and f.exception() is not None), None)
+            if failed is not None or not pending:
                 break
             check_stop()
     except BaseException:
@@ -214,8 +215,6 @@ def run_all(fn: Callable[[T], object], items: list[T], workers: int, name: str, 
             cancel.set()
         pool.shutdown(wait=False, cancel_futures=True)
         raise
-    failed = next((f for f in futures if f.done() and not f.cancelled()
-                   and f.exception() is not None), None)
     if failed is not None:
         if cancel is not None:
             cancel.set()

@@ -9,6 +9,7 @@ every command's parameters costs Typer about 20 ms per invocation.
 
 from __future__ import annotations
 
+import copy
 import importlib
 import os
 import sys
@@ -52,8 +53,6 @@ def for_line(app: typer.Typer, words: list[str]) -> typer.Typer:
     help alone.  Typer builds a command's options from its function's signature
     when it runs the app (about a millisecond each); ``--help`` would build them
     all to print one line per command.  The apps themselves are left whole."""
-    import copy
-
     lean = copy.copy(app)
     at = next((i for i, w in enumerate(words) if not w.startswith("-")), None)
     name = words[at] if at is not None else None
@@ -71,8 +70,6 @@ def for_line(app: typer.Typer, words: list[str]) -> typer.Typer:
 
 
 def _group(info: typer.models.TyperInfo, app: typer.Typer) -> typer.models.TyperInfo:
-    import copy
-
     lean = copy.copy(info)
     lean.typer_instance = app
     return lean
@@ -80,8 +77,6 @@ def _group(info: typer.models.TyperInfo, app: typer.Typer) -> typer.models.Typer
 
 def _empty(app: typer.Typer | None) -> typer.Typer:
     """A group as a list of commands shows it: its help, no commands."""
-    import copy
-
     lean = copy.copy(app)
     lean.registered_commands, lean.registered_groups = [], []
     return lean
@@ -89,8 +84,6 @@ def _empty(app: typer.Typer | None) -> typer.Typer:
 
 def _listed(info: typer.models.CommandInfo) -> typer.models.CommandInfo:
     """A command as a list of commands shows it: its name and help, no options."""
-    import copy
-
     def listed() -> None:  # pragma: no cover - the line named no command to run
         raise AssertionError("a listed command is never run")
 
